@@ -1,0 +1,7 @@
+//! Shoal: a masterless container orchestrator for edge fleets.
+//!
+//! The crate is one library (used by the `shoal` binary, the tests and the simulator) with a
+//! sans-IO core (`membership`, `state`, `placement`, `reconcile`, `node`) and an IO shell around
+//! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
+
+pub mod spec;

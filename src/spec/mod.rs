@@ -1,0 +1,168 @@
+//! The service spec: what an operator writes (YAML or JSON, one service or a list) and the
+//! validated, replicated form the rest of Shoal works with.
+//!
+//! This module owns parsing and validation only. It does not decide placement or talk to a
+//! runtime; the types here are plain data that travel in `ClusterState` (serde + postcard).
+
+use std::collections::BTreeMap;
+
+use serde::{Deserialize, Serialize};
+
+/// A service name: a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`), validated on parse.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct ServiceName(pub String);
+
+impl std::fmt::Display for ServiceName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+/// CPU and memory, in integers (floats differ across machines).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Resources {
+    /// Thousandths of a CPU core (`0.5` and `500m` both read as 500).
+    pub cpu_millis: u64,
+    /// Bytes (`256Mi` = 268435456, `1G` = 1000000000).
+    pub memory_bytes: u64,
+}
+
+/// What an instance runs: a container image (docker driver) or a command (process driver).
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Workload {
+    /// Runs on the docker driver; `command` overrides the image's entrypoint arguments.
+    Image { image: String, command: Option<Vec<String>> },
+    /// Runs on the process driver: argv, `command[0]` is looked up in `PATH`.
+    Command { command: Vec<String> },
+}
+
+/// Which runtime driver a workload needs.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum DriverKind {
+    Docker,
+    Process,
+}
+
+impl Workload {
+    pub fn driver(&self) -> DriverKind {
+        match self {
+            Workload::Image { .. } => DriverKind::Docker,
+            Workload::Command { .. } => DriverKind::Process,
+        }
+    }
+}
+
+/// One published port of a service.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PortSpec {
+    /// Upper-case-able name used for `SHOAL_PORT_<NAME>` (process driver). Defaults to `p<container>`
+    /// or `port<index>` when there is no container port.
+    pub name: String,
+    /// The port inside the container (required for `image` services; ignored by the process driver).
+    pub container: Option<u16>,
+    /// A fixed host port. `None`: the node picks a free port per instance and reports it.
+    /// A fixed port means at most one instance of the service per node.
+    pub host: Option<u16>,
+}
+
+/// `label == value` or `label != value` over node labels.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Constraint {
+    pub label: String,
+    pub op: ConstraintOp,
+    pub value: String,
+}
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum ConstraintOp {
+    Eq,
+    Ne,
+}
+
+impl Constraint {
+    /// Whether a node with `labels` satisfies this constraint. A missing label never equals a value.
+    pub fn matches(&self, labels: &BTreeMap<String, String>) -> bool {
+        let v = labels.get(&self.label);
+        match self.op {
+            ConstraintOp::Eq => v == Some(&self.value),
+            ConstraintOp::Ne => v != Some(&self.value),
+        }
+    }
+}
+
+impl std::fmt::Display for Constraint {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        let op = match self.op {
+            ConstraintOp::Eq => "==",
+            ConstraintOp::Ne => "!=",
+        };
+        write!(f, "{} {} {}", self.label, op, self.value)
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum Strategy {
+    /// Prefer the node with the most free resources after placement (default).
+    #[default]
+    Spread,
+    /// Prefer the node with the least free resources that still fits.
+    Binpack,
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum RestartMode {
+    #[default]
+    Always,
+    OnFailure,
+    Never,
+}
+
+/// When an exited instance is restarted, and when its owner gives the slot up.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct RestartPolicy {
+    pub mode: RestartMode,
+    /// More restarts than this within `window_ms` make the owner release the slot.
+    pub max_restarts: u32,
+    pub window_ms: u64,
+}
+
+impl Default for RestartPolicy {
+    fn default() -> Self {
+        RestartPolicy { mode: RestartMode::Always, max_restarts: 5, window_ms: 60_000 }
+    }
+}
+
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub enum PartitionMode {
+    /// Each side of a partition keeps and re-places what it can (default).
+    #[default]
+    Available,
+    /// Never two copies, even during a partition: only a strict majority re-places.
+    Majority,
+}
+
+/// A validated service spec. Constructed only by [`parse`] (or tests), so every value here
+/// already passed validation.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct ServiceSpec {
+    pub name: ServiceName,
+    pub workload: Workload,
+    pub replicas: u32,
+    pub resources: Resources,
+    pub ports: Vec<PortSpec>,
+    pub env: BTreeMap<String, String>,
+    pub constraints: Vec<Constraint>,
+    pub spread: Option<String>,
+    pub strategy: Strategy,
+    pub restart: RestartPolicy,
+    pub partition: PartitionMode,
+    /// Time between SIGTERM (docker stop) and SIGKILL when an instance is stopped.
+    pub stop_grace_ms: u64,
+}
+
+impl ServiceSpec {
+    /// Whether this service binds a fixed host port (at most one instance per node).
+    pub fn has_fixed_host_port(&self) -> bool {
+        self.ports.iter().any(|p| p.host.is_some())
+    }
+}

@@ -4,4 +4,6 @@
 //! sans-IO core (`membership`, `state`, `placement`, `reconcile`, `node`) and an IO shell around
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
+pub mod ids;
+pub mod runtime;
 pub mod spec;

@@ -5,5 +5,6 @@
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
 pub mod ids;
+pub mod membership;
 pub mod runtime;
 pub mod spec;

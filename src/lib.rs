@@ -6,5 +6,6 @@
 
 pub mod ids;
 pub mod membership;
+pub mod net;
 pub mod runtime;
 pub mod spec;

@@ -175,6 +175,8 @@ pub struct Membership {
     own_incarnation: u16,
     /// Suspicions our own probes started: notices still to send to the suspect.
     notices: BTreeMap<NodeId, Notice>,
+    /// When records of nodes SWIM does not know were last swept from the store.
+    swept_at: Millis,
     left: bool,
     stats: MembershipStats,
 }
@@ -255,6 +257,7 @@ impl Membership {
             own_id_bytes: postcard::to_allocvec(&me).expect("encoding to a Vec cannot fail"),
             own_incarnation: 0,
             notices: BTreeMap::new(),
+            swept_at: Millis(0),
             left: false,
             stats: MembershipStats::default(),
         };
@@ -326,11 +329,20 @@ impl Membership {
             }
         };
         match kind {
-            Kind::Swim { meta, suspect } => {
-                self.handle_swim(now, from, meta, suspect, payload, out)
+            Kind::Swim {
+                extras,
+                src,
+                src_addrs,
+                src_incarnation,
+                dst,
+            } => {
+                let me = self.foca.identity();
+                let packet = wire::expand(from, me, src, src_addrs, src_incarnation, dst, payload);
+                self.handle_swim(now, from, extras, &packet, out)
             }
+            Kind::SwimFull { extras } => self.handle_swim(now, from, extras, payload, out),
             Kind::MetaPull if payload.is_empty() => {
-                let bytes = wire::encode(Kind::MetaPush, &self.published_item());
+                let bytes = wire::encode(&Kind::MetaPush, &self.published_item());
                 self.emit_datagram(from.clone(), bytes, out);
             }
             Kind::Suspected { incarnation } if payload.is_empty() => {
@@ -356,11 +368,14 @@ impl Membership {
         &mut self,
         now: Millis,
         from: &NodeId,
-        stamp: Stamp,
-        suspect: Option<u16>,
+        extras: wire::SwimExtras,
         payload: &[u8],
         out: &mut Vec<MemberOutput>,
     ) {
+        let wire::SwimExtras {
+            meta: stamp,
+            suspect,
+        } = extras;
         // Foca trusts the sender named in the packet; the transport knows the real one.
         let mut rest = payload;
         let quiet = match Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut rest) {
@@ -430,6 +445,13 @@ impl Membership {
         }
         self.after_foca(now, out, scan);
         self.pull_missing_meta(now, out);
+        if now.since(self.swept_at) >= meta::ORPHAN_SWEEP_MS {
+            self.swept_at = now;
+            let tracked = &self.tracked;
+            let mut store = self.store.lock();
+            store.metas.retain(|node, _| tracked.contains_key(node));
+            store.leaving.retain(|node, _| tracked.contains_key(node));
+        }
     }
 
     /// When `tick` next has work to do.
@@ -655,7 +677,7 @@ impl Membership {
     fn send_pull(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
         self.stats.meta_pulls_sent += 1;
         self.pulled.insert(to.clone(), now);
-        self.emit_datagram(to, wire::encode(Kind::MetaPull, &[]), out);
+        self.emit_datagram(to, wire::encode(&Kind::MetaPull, &[]), out);
     }
 
     /// Active members whose metadata never arrived (a join missed their broadcast), a few
@@ -738,13 +760,12 @@ impl Membership {
             {
                 self.own_incarnation = incarnation;
             }
-            let bytes = wire::encode(
-                Kind::Swim {
-                    meta: stamp,
-                    suspect,
-                },
-                &data,
-            );
+            let extras = wire::SwimExtras {
+                meta: stamp,
+                suspect,
+            };
+            let me = self.foca.identity();
+            let bytes = wire::compact(me, &self.own_id_bytes, &to, &data, extras);
             self.emit_datagram(to.node, bytes, out);
         }
         self.send_notices(now, out);
@@ -776,7 +797,7 @@ impl Membership {
         for (node, incarnation) in due {
             self.emit_datagram(
                 node,
-                wire::encode(Kind::Suspected { incarnation }, &[]),
+                wire::encode(&Kind::Suspected { incarnation }, &[]),
                 out,
             );
         }
@@ -815,13 +836,13 @@ impl Membership {
         let mut packet = Vec::new();
         if Codec::<MemberId>::encode_header(&mut PostcardCodec, &header, &mut packet).is_ok() {
             packet.extend_from_slice(&[0, 0]); // no membership update
-            let bytes = wire::encode(
-                Kind::Swim {
-                    meta: self.published.stamp(),
-                    suspect: None,
-                },
-                &packet,
-            );
+            let extras = wire::SwimExtras {
+                meta: self.published.stamp(),
+                suspect: None,
+            };
+            let me = self.foca.identity();
+            let to = &header.dst;
+            let bytes = wire::compact(me, &self.own_id_bytes, to, &packet, extras);
             self.emit_datagram(from.clone(), bytes, out);
         }
     }

@@ -13,8 +13,9 @@ use rand::{RngExt, SeedableRng};
 use super::*;
 use crate::spec::DriverKind;
 
+/// As long as a real base58 Ed25519 `PeerId` (52 characters), so byte counts are realistic.
 fn nid(i: usize) -> NodeId {
-    NodeId(format!("12D3KooWnode{i:04}"))
+    NodeId(format!("12D3KooW{i:0>44}"))
 }
 
 fn meta_for(i: usize) -> NodeMeta {
@@ -691,20 +692,36 @@ fn oversized_datagram_is_counted_and_dropped() {
     assert!(out.is_empty());
 }
 
+/// Compacted datagrams take the sender's node id from the transport, so they cannot name
+/// anyone else; a whole foca packet naming another sender than the transport's is dropped.
 #[test]
 fn datagram_naming_another_sender_is_dropped() {
-    let mut a = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+    use foca::Codec;
     let mut b = Membership::new(member_id(2, 1), meta_for(2), Profile::Lan.tuning(10), 8).unwrap();
-    let mut out = Vec::new();
-    a.announce(Millis(1), nid(2), &mut out);
-    let MemberOutput::Datagram { bytes, .. } = &out[0] else {
-        panic!("{out:?}")
+    let header = foca::Header {
+        src: member_id(1, 1),
+        src_incarnation: 0,
+        dst: MemberId::placeholder(nid(2)),
+        message: foca::Message::Announce,
     };
-    let mut out2 = Vec::new();
-    b.handle_datagram(Millis(2), &nid(3), bytes, &mut out2);
+    let mut packet = Vec::new();
+    foca::PostcardCodec
+        .encode_header(&header, &mut packet)
+        .unwrap();
+    let extras = wire::SwimExtras {
+        meta: Stamp::default(),
+        suspect: None,
+    };
+    let datagram = wire::encode(&wire::Kind::SwimFull { extras }, &packet);
+    let mut out = Vec::new();
+    b.handle_datagram(Millis(2), &nid(3), &datagram, &mut out);
     assert_eq!(b.stats().spoofed, 1);
-    assert!(out2.is_empty());
+    assert!(out.is_empty());
     assert_eq!(b.alive_count(), 1);
+    // The same packet from its real sender is an announce: b answers with a feed.
+    b.handle_datagram(Millis(3), &nid(1), &datagram, &mut out);
+    assert_eq!(b.alive_count(), 2);
+    assert!(matches!(&out[..], [.., MemberOutput::Datagram { to, .. }] if *to == nid(1)));
 }
 
 /// Figures for DESIGN.md §10 at fleet scale: join time, idle traffic, false downs and
@@ -776,4 +793,32 @@ fn fleet_scale_figures() {
     );
     assert_eq!(wrong_downs, 0, "seed {seed}");
     assert!(detections.iter().all(|d| *d != u64::MAX), "seed {seed}");
+}
+
+#[test]
+fn records_of_nodes_swim_does_not_know_are_swept() {
+    let mut m = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+    let stranger = MetaRecord {
+        node: nid(9),
+        incarnation: 1,
+        meta: meta_for(9),
+    };
+    let mut out = Vec::new();
+    m.handle_datagram(
+        Millis(1),
+        &nid(9),
+        &wire::encode(&wire::Kind::MetaPush, &stranger.encode()),
+        &mut out,
+    );
+    assert!(m.store.lock().metas.contains_key(&nid(9)));
+    assert!(
+        m.member(&nid(9)).is_none(),
+        "metadata alone does not make a member"
+    );
+    m.tick(Millis(meta::ORPHAN_SWEEP_MS + 1), &mut out);
+    assert!(!m.store.lock().metas.contains_key(&nid(9)));
+    assert!(
+        m.store.lock().metas.contains_key(&nid(1)),
+        "our own record stays"
+    );
 }

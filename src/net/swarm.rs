@@ -5,8 +5,10 @@
 //! Owns every libp2p object; nothing else in the crate touches libp2p types except `key.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::pin::Pin;
 use std::sync::atomic::Ordering::Relaxed;
 use std::sync::{Arc, Mutex};
+use std::task::{Context, Poll};
 use std::time::Duration;
 
 use futures::future::BoxFuture;
@@ -87,14 +89,62 @@ fn refused(stage: &'static str, detail: impl ToString) -> HandshakeRefused {
     }
 }
 
-/// pnet, then the key check, within `HANDSHAKE_TIMEOUT`.
+/// A socket that counts the bytes it moves (TCP payload: everything above TCP, all
+/// protocols, encryption and framing included).
+struct Counted<S> {
+    inner: S,
+    counters: Arc<Counters>,
+}
+
+impl<S: futures::AsyncRead + Unpin> futures::AsyncRead for Counted<S> {
+    fn poll_read(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &mut [u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_read(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counters.bytes_in.fetch_add(*n as u64, Relaxed);
+        }
+        polled
+    }
+}
+
+impl<S: futures::AsyncWrite + Unpin> futures::AsyncWrite for Counted<S> {
+    fn poll_write(
+        mut self: Pin<&mut Self>,
+        cx: &mut Context<'_>,
+        buf: &[u8],
+    ) -> Poll<std::io::Result<usize>> {
+        let polled = Pin::new(&mut self.inner).poll_write(cx, buf);
+        if let Poll::Ready(Ok(n)) = &polled {
+            self.counters.bytes_out.fetch_add(*n as u64, Relaxed);
+        }
+        polled
+    }
+
+    fn poll_flush(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_close(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<std::io::Result<()>> {
+        Pin::new(&mut self.inner).poll_close(cx)
+    }
+}
+
+/// Counting, pnet, then the key check, within `HANDSHAKE_TIMEOUT`.
 async fn private_handshake<S>(
     psk: PreSharedKey,
     socket: S,
-) -> Result<PnetOutput<S>, HandshakeRefused>
+    counters: Arc<Counters>,
+) -> Result<PnetOutput<Counted<S>>, HandshakeRefused>
 where
     S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
 {
+    let socket = Counted {
+        inner: socket,
+        counters,
+    };
     let exchange = async move {
         let mut s = PnetConfig::new(psk)
             .handshake(socket)
@@ -126,6 +176,7 @@ type SetupError = Box<dyn std::error::Error + Send + Sync>;
 fn build_swarm(cfg: &NetConfig, counters: &Arc<Counters>) -> Result<Swarm<Behaviour>, NetError> {
     let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
     let psk = cfg.key.psk();
+    let wire_counters = counters.clone();
     let swim_codec = FrameCodec {
         max_request: cfg.max_swim_bytes,
         max_response: 0, // the answer to a datagram is empty
@@ -145,7 +196,7 @@ fn build_swarm(cfg: &NetConfig, counters: &Arc<Counters>) -> Result<Swarm<Behavi
         .with_tokio()
         .with_other_transport(|key| {
             let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .and_then(move |socket, _| private_handshake(psk, socket))
+                .and_then(move |socket, _| private_handshake(psk, socket, wire_counters.clone()))
                 .upgrade(Version::V1Lazy)
                 .authenticate(noise::Config::new(key)?)
                 .multiplex(yamux::Config::default());

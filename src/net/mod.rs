@@ -13,6 +13,7 @@
 mod codec;
 mod key;
 mod swarm;
+mod transport;
 
 #[cfg(test)]
 mod tests;

@@ -9,7 +9,7 @@ use libp2p::multiaddr::Protocol;
 use tokio::sync::mpsc;
 use tokio::time::timeout;
 
-use super::swarm::MISMATCH;
+use super::transport::MISMATCH;
 use super::*;
 
 const TOPIC: &str = "shoal/test/1";

@@ -16,6 +16,7 @@
 mod identity;
 mod meta;
 mod meta_sync;
+mod snapshot;
 mod suspicion;
 mod tuning;
 mod view;
@@ -140,6 +141,9 @@ pub struct MembershipStats {
     pub timer_errors: u64,
     /// Inputs ignored because this node has left.
     pub ignored_after_leave: u64,
+    /// "You are down" messages foca wanted to send to members still alive in our view (a
+    /// refuted suspicion); dropped, see `after_foca`.
+    pub turn_undead_suppressed: u64,
 }
 
 /// Why `Membership::new` refused its arguments.
@@ -180,6 +184,12 @@ pub struct Membership {
     own_incarnation: u16,
     /// Suspicions our own probes started: notices still to send to the suspect.
     notices: BTreeMap<NodeId, Notice>,
+    /// Snapshots served, for their rate limits.
+    served: snapshot::Served,
+    /// When to pull follow-up snapshots after an announce.
+    follow_ups: Vec<Millis>,
+    /// Our own choices (which member to ask for a snapshot); foca has its own generator.
+    rng: Xoshiro256PlusPlus,
     /// When records of nodes SWIM does not know were last swept from the store.
     swept_at: Millis,
     left: bool,
@@ -240,6 +250,9 @@ impl Membership {
             own_id_bytes: postcard::to_allocvec(&me).expect("encoding to a Vec cannot fail"),
             own_incarnation: 0,
             notices: BTreeMap::new(),
+            served: snapshot::Served::default(),
+            follow_ups: Vec::new(),
+            rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x005E_ED0F_5140_A100),
             swept_at: Millis(0),
             left: false,
             stats: MembershipStats::default(),
@@ -271,16 +284,23 @@ impl Membership {
         &self.tuning
     }
 
-    /// Asks `to` (typically a seed just connected to) to let us in. Repeat it for each seed;
-    /// announcing to a member already known is harmless.
+    /// Asks `to` (typically a seed just connected to) to let us in, and for a snapshot of its
+    /// active members (rate-limited at `to`). Repeat it for each seed; announcing to a member
+    /// already known is harmless.
     pub fn announce(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
         if self.left || to == self.me {
             return;
         }
-        if let Err(e) = self.foca.announce(MemberId::placeholder(to), &mut self.rt) {
+        if let Err(e) = self
+            .foca
+            .announce(MemberId::placeholder(to.clone()), &mut self.rt)
+        {
             tracing::debug!(error = %e, "swim announce failed");
         }
         self.after_foca(now, out, true);
+        // Foca's answer (a feed) holds one packet of members; the snapshot holds them all.
+        self.request_snapshot(to, out);
+        self.plan_follow_ups(now);
     }
 
     /// Feeds a datagram received from `from` (the transport-authenticated sender). Bad bytes
@@ -331,7 +351,11 @@ impl Membership {
             Kind::Suspected { incarnation } if payload.is_empty() => {
                 self.answer_suspicion(now, from, incarnation, out)
             }
-            Kind::MetaPull | Kind::Suspected { .. } => self.stats.decode_errors += 1,
+            Kind::SnapshotPull if payload.is_empty() => self.answer_snapshot(now, from, out),
+            Kind::SnapshotPush => self.apply_snapshot(now, payload, out),
+            Kind::MetaPull | Kind::Suspected { .. } | Kind::SnapshotPull => {
+                self.stats.decode_errors += 1
+            }
             Kind::MetaPush => match Item::decode(payload) {
                 Ok(Item::Meta(record)) if record.node == *from => {
                     let offered = self.store.lock().offer_meta(record);
@@ -428,6 +452,7 @@ impl Membership {
         }
         self.after_foca(now, out, scan);
         self.pull_missing_meta(now, out);
+        self.send_follow_ups(now, out);
         if now.since(self.swept_at) >= meta::ORPHAN_SWEEP_MS {
             self.swept_at = now;
             let tracked = &self.tracked;
@@ -444,12 +469,18 @@ impl Membership {
         }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let notice = self.notices.values().map(|n| n.next).min();
+        let follow_up = self.follow_ups.first().copied();
         let meta = match (self.meta_pending, self.published_at) {
             (true, Some(at)) => Some(at.plus(self.tuning.meta_min_interval_ms)),
             (true, None) => Some(Millis(0)),
             (false, _) => None,
         };
-        timer.into_iter().chain(meta).chain(notice).min()
+        timer
+            .into_iter()
+            .chain(meta)
+            .chain(notice)
+            .chain(follow_up)
+            .min()
     }
 
     /// Replaces this node's metadata. Its `version` is assigned here. Published at once unless
@@ -599,10 +630,20 @@ impl Membership {
         let stamp = self.published.stamp();
         let sends: Vec<_> = self.rt.sends.drain(..).collect();
         for (to, data) in sends {
-            let suspect = self.tracked.get(&to.node).and_then(|t| {
-                let same_life = (t.member.incarnation, t.renewal) == (to.incarnation, to.renewal);
-                (same_life && t.member.state == MemberState::Suspect).then_some(t.foca_incarnation)
-            });
+            let known = self
+                .tracked
+                .get(&to.node)
+                .filter(|t| (t.member.incarnation, t.renewal) == (to.incarnation, to.renewal));
+            if known.is_some_and(|t| t.foca_state.is_active()) && is_turn_undead(&data) {
+                // Foca 2.0.0 also sends "you are down" when a suspicion was refuted in time
+                // (its suspect-to-down timer finds the member alive again); the member would
+                // then rejoin as a new life for nothing. We only tell members we hold down.
+                self.stats.turn_undead_suppressed += 1;
+                continue;
+            }
+            let suspect = known
+                .filter(|t| t.member.state == MemberState::Suspect)
+                .map(|t| t.foca_incarnation);
             if let Some(rest) = data.strip_prefix(self.own_id_bytes.as_slice())
                 && let Ok((incarnation, _)) = postcard::take_from_bytes::<u16>(rest)
             {
@@ -618,6 +659,12 @@ impl Membership {
         }
         self.send_notices(now, out);
     }
+}
+
+/// Whether a foca packet (as foca produced it) is a `TurnUndead`. Decodes only the header.
+fn is_turn_undead(packet: &[u8]) -> bool {
+    Codec::<MemberId>::decode_header(&mut PostcardCodec, packet)
+        .is_ok_and(|h| h.message == foca::Message::TurnUndead)
 }
 
 fn ceil_millis(d: Duration) -> u64 {

@@ -76,6 +76,10 @@ impl Membership {
         let mut changes: Vec<(NodeId, Option<MemberState>, MemberState, bool)> = Vec::new();
         for fm in self.foca.iter_membership_state() {
             let id = fm.id();
+            if id.node == self.me {
+                // Our own previous life, which foca keeps as down after we rejoined.
+                continue;
+            }
             let foca_state = match fm.state() {
                 foca::State::Alive => MemberState::Alive,
                 foca::State::Suspect => MemberState::Suspect,

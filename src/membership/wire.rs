@@ -72,6 +72,10 @@ pub(crate) enum Kind {
     Suspected { incarnation: u16 },
     /// The sender's metadata record follows (answer to a pull).
     MetaPush,
+    /// "Send me your active members" (a joiner asks its seed). No payload.
+    SnapshotPull,
+    /// A chunk of the sender's active members follows: a count, then foca members.
+    SnapshotPush,
 }
 
 pub(crate) fn encode(kind: &Kind, payload: &[u8]) -> Vec<u8> {

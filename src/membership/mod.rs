@@ -144,6 +144,9 @@ pub struct MembershipStats {
     /// "You are down" messages foca wanted to send to members still alive in our view (a
     /// refuted suspicion); dropped, see `after_foca`.
     pub turn_undead_suppressed: u64,
+    /// Members we declared down ourselves after a suspicion heard from others lingered here
+    /// and our own notices went unanswered.
+    pub lingering_declared_down: u64,
 }
 
 /// Why `Membership::new` refused its arguments.
@@ -451,6 +454,9 @@ impl Membership {
             me.member.last_heard = now;
         }
         self.after_foca(now, out, scan);
+        self.check_lingering(now);
+        self.send_notices(now, out);
+        self.declare_unanswered(now, out);
         self.pull_missing_meta(now, out);
         self.send_follow_ups(now, out);
         if now.since(self.swept_at) >= meta::ORPHAN_SWEEP_MS {
@@ -468,7 +474,7 @@ impl Membership {
             return None;
         }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
-        let notice = self.notices.values().map(|n| n.next).min();
+        let notice = self.notices.values().filter_map(Notice::due).min();
         let follow_up = self.follow_ups.first().copied();
         let meta = match (self.meta_pending, self.published_at) {
             (true, Some(at)) => Some(at.plus(self.tuning.meta_min_interval_ms)),
@@ -596,8 +602,16 @@ impl Membership {
                     life: (member_id.incarnation, member_id.renewal),
                     incarnation: *incarnation,
                     left: NOTICES_PER_SUSPICION,
+                    declare_at: None,
                 };
-                self.notices.insert(member_id.node.clone(), notice);
+                // A check of ours already under way for this suspicion keeps its verdict time.
+                let same = self
+                    .notices
+                    .get(&member_id.node)
+                    .is_some_and(|n| (n.life, n.incarnation) == (notice.life, notice.incarnation));
+                if !same {
+                    self.notices.insert(member_id.node.clone(), notice);
+                }
             }
             let at = now.plus(ceil_millis(after));
             self.timers.insert((at, self.timer_seq), timer);

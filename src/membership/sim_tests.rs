@@ -463,10 +463,77 @@ fn node_paused_past_the_suspicion_rejoins_by_itself() {
     sim.pause(4, false);
     let back = sim.run_until_true(20_000, |s| s.everyone_sees(4, MemberState::Alive));
     assert!(back.is_some(), "seed {seed}: did not come back");
-    assert_eq!(sim.nodes[&nid(4)].m.identity().renewal, 1, "one rejoin, same incarnation");
-    let about_itself = sim.events_since(t0).filter(|(_, o, e)| *o == nid(4) && *e == MemberEvent::Down(nid(4)));
-    assert_eq!(about_itself.count(), 0, "seed {seed}: a node never reports itself");
-    assert_eq!(sim.nodes[&nid(4)].m.member(&nid(4)).unwrap().state, MemberState::Alive);
+    assert_eq!(
+        sim.nodes[&nid(4)].m.identity().renewal,
+        1,
+        "one rejoin, same incarnation"
+    );
+    let about_itself = sim
+        .events_since(t0)
+        .filter(|(_, o, e)| *o == nid(4) && *e == MemberEvent::Down(nid(4)));
+    assert_eq!(
+        about_itself.count(),
+        0,
+        "seed {seed}: a node never reports itself"
+    );
+    assert_eq!(
+        sim.nodes[&nid(4)].m.member(&nid(4)).unwrap().state,
+        MemberState::Alive
+    );
+}
+
+/// A suspicion heard from others whose verdict we missed: after two suspicion timeouts we
+/// check the member ourselves, and declare it down if it does not answer within one more.
+#[test]
+fn lingering_suspicion_is_checked_and_concluded_here() {
+    use foca::Codec;
+    let t = Profile::Lan.tuning(10);
+    let s = t.suspect_to_down_ms;
+    let mut a = Membership::new(member_id(0, 1), meta_for(0), t.clone(), 7).unwrap();
+    // b tells a that c is suspect (and that b itself is alive).
+    let header = foca::Header {
+        src: member_id(1, 1),
+        src_incarnation: 0,
+        dst: member_id(0, 1),
+        message: foca::Message::Gossip,
+    };
+    let mut packet = Vec::new();
+    foca::PostcardCodec
+        .encode_header(&header, &mut packet)
+        .unwrap();
+    packet.extend_from_slice(&1u16.to_be_bytes());
+    let c = foca::Member::new(member_id(2, 1), 0, foca::State::Suspect);
+    foca::PostcardCodec.encode_member(&c, &mut packet).unwrap();
+    let extras = wire::SwimExtras {
+        meta: Stamp::default(),
+        suspect: None,
+    };
+    let mut out = Vec::new();
+    a.handle_datagram(
+        Millis(0),
+        &nid(1),
+        &wire::encode(&wire::Kind::SwimFull { extras }, &packet),
+        &mut out,
+    );
+    assert_eq!(a.member(&nid(2)).unwrap().state, MemberState::Suspect);
+
+    out.clear();
+    a.tick(Millis(2 * s), &mut out);
+    let notices = out
+        .iter()
+        .filter(|o| {
+            matches!(o, MemberOutput::Datagram { to, bytes }
+        if *to == nid(2) && matches!(wire::decode(bytes), Ok((wire::Kind::Suspected { .. }, _))))
+        })
+        .count();
+    assert_eq!(notices, 1, "our own check starts: {out:?}");
+    assert_eq!(a.member(&nid(2)).unwrap().state, MemberState::Suspect);
+
+    out.clear();
+    a.tick(Millis(3 * s), &mut out);
+    assert_eq!(a.member(&nid(2)).unwrap().state, MemberState::Down);
+    assert!(out.contains(&MemberOutput::Event(MemberEvent::Down(nid(2)))));
+    assert_eq!(a.stats().lingering_declared_down, 1);
 }
 
 #[test]
@@ -818,6 +885,15 @@ fn fleet_scale_figures() {
     for &victim in &victims {
         sim.stop(victim);
         let took = sim.run_until_true(30_000, |s| s.everyone_sees(victim, MemberState::Down));
+        if took.is_none() {
+            let missing: Vec<_> = sim
+                .state_everywhere(victim)
+                .into_iter()
+                .filter(|(_, st)| *st != Some(MemberState::Down))
+                .take(5)
+                .collect();
+            eprintln!("crash of node {victim} not seen by {missing:?}");
+        }
         detections.push(took.unwrap_or(u64::MAX));
         sim.run_for(1_000);
     }

@@ -97,13 +97,13 @@ impl Profile {
         let n = cluster_size.max(2);
         // Dissemination rounds grow with log(n): one step per decade.
         let decades = u64::from(n.ilog10().max(1)); // 1 for n < 100, 2 below 1,000, 3 below 10,000
-        let max_transmissions = (4 * (decades + 1)).min(u64::from(u8::MAX)) as u8;
+        let max_transmissions = (6 * (decades + 1)).min(u64::from(u8::MAX)) as u8;
         match self {
             Profile::Lan => SwimTuning {
-                probe_period_ms: 400,
-                probe_rtt_ms: 150,
+                probe_period_ms: 300,
+                probe_rtt_ms: 120,
                 num_indirect_probes: 5,
-                suspect_to_down_ms: 600 + 400 * decades,
+                suspect_to_down_ms: 800 + 100 * decades,
                 max_transmissions,
                 max_packet_size: 16 * 1024,
                 gossip_period_ms: 100,

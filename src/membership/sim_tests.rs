@@ -398,6 +398,40 @@ fn stopped_node_is_down_everywhere_within_the_tuned_time() {
 }
 
 #[test]
+fn wan_profile_detects_a_crash_and_survives_loss_with_wan_latency() {
+    let t = Profile::Wan.tuning(20);
+    let budget = t.probe_period_ms * 6 + t.suspect_to_down_ms + 10 * t.gossip_period_ms;
+    let seed = seed(150);
+    let mut sim = Sim::new(20, seed, t.clone());
+    sim.latency_ms = 80;
+    sim.jitter_ms = 40;
+    sim.join_all();
+    assert!(
+        sim.run_until_true(60_000, |s| s.all_alive_with_meta())
+            .is_some(),
+        "seed {seed}"
+    );
+    sim.loss_permille = 100;
+    let t0 = sim.now;
+    sim.run_for(300_000);
+    let false_downs = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_)))
+        .count();
+    assert_eq!(false_downs, 0, "seed {seed}");
+    sim.stop(7);
+    let took = sim.run_until_true(budget * 2, |s| s.everyone_sees(7, MemberState::Down));
+    let took = took.unwrap_or_else(|| panic!("seed {seed}: not down everywhere"));
+    assert!(
+        took <= budget,
+        "seed {seed}: took {took} ms, budget {budget} ms"
+    );
+    println!(
+        "wan, 20 nodes, 80 ms latency, 10% loss: crash down everywhere after {took} ms (budget {budget} ms)"
+    );
+}
+
+#[test]
 fn leaving_node_is_left_everywhere_quickly() {
     let seed = seed(200);
     let mut sim = Sim::joined(20, seed);

@@ -6,12 +6,32 @@
 //! datagrams go out as `MemberOutput::Datagram` and come in through `handle_datagram`. Nothing
 //! here reads a clock, a socket, a file or an OS random source; the transport is `net/`.
 //!
+//! What we add around foca, file by file:
+//! - `wire.rs`: the datagram envelope; foca's header is compacted (the transport names the
+//!   sender, the receiver knows itself) and every SWIM datagram carries the sender's metadata
+//!   stamp and, if the sender suspects the receiver, a flag so it can refute at once.
+//! - `suspicion.rs`: the prober that starts a suspicion tells the suspect directly (8 notices
+//!   over the timeout) and the suspect answers with its incarnation; a suspicion heard from
+//!   others that lingers here is checked by us and concluded.
+//! - `meta.rs`, `meta_sync.rs`: metadata as versioned custom broadcasts (rate-limited), pulled
+//!   directly from a member whose datagrams show a newer stamp or whose record never came.
+//! - `snapshot.rs`: a joiner pulls all active members from its seed, then from two random
+//!   members, instead of learning most of a large cluster from probes over minutes.
+//! - `view.rs`: mirrors foca's member states into `Member` records and events.
+//! - A workaround for foca 2.0.0, which sends "you are down" (`TurnUndead`) when a suspicion
+//!   was refuted in time, making healthy members rejoin: we drop it for members our view holds
+//!   active (`after_foca`).
+//!
 //! Invariants:
 //! - `members()` holds every node foca knows (alive, suspect, down or left, until the
 //!   tombstone is collected after `remove_down_after_ms`) plus this node, sorted by id.
 //! - At most one life per node: a higher `(incarnation, renewal)` replaces the older life and
-//!   yields `Up` again.
-//! - Every input is bounded: oversized or undecodable datagrams are counted and dropped.
+//!   yields `Up` again. This node's own record changes only through its own calls.
+//! - A down verdict originates only where a probe (foca's timer) or our own check went
+//!   unanswered for a whole suspicion timeout while the member was being told it is suspected;
+//!   everyone else learns it as an update.
+//! - Every input is bounded: oversized or undecodable datagrams are counted and dropped; every
+//!   map is bounded by the member count or a constant.
 
 mod identity;
 mod meta;

@@ -6,9 +6,19 @@
 //! Only transport: what the bytes mean belongs to `membership/` and the state layer. Nothing
 //! here retries at the application level; a lost datagram is a missed ack for SWIM.
 //!
+//! Files: `key.rs` (cluster key and node identity files), `transport.rs` (the stack: pnet
+//! followed by an encrypted key check so a wrong key fails at once with "cluster key mismatch
+//! or not a shoal node"; byte counting at the socket; the behaviours), `codec.rs` (frames),
+//! `swarm.rs` (the loop, address book, fault injection, handshake failure reports).
+//!
 //! Bounds: the command queue and the event queue (1,024 each; a full queue drops and counts),
 //! 64 datagrams waiting per peer, frames checked against `max_swim_bytes` / `max_sync_bytes`
-//! before allocation, gossip messages at most `gossip_max_bytes`.
+//! before allocation, gossip messages at most `gossip_max_bytes`, address book 16,384 peers ×
+//! 8 addresses, delayed (fault-injected) messages 16,384.
+//!
+//! Cost: each datagram is one request-response exchange on a new Yamux stream, which adds
+//! about 290 bytes on the wire (stream open, multistream-select, Noise framing, the empty
+//! answer) to the payload; `datagram_wire_cost_is_bounded` measures it.
 
 mod codec;
 mod key;

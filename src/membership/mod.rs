@@ -530,8 +530,12 @@ impl Membership {
         if size > meta::MAX_META_RECORD_BYTES {
             return Err(MetaError::TooBig { len: size });
         }
-        if meta == self.meta {
-            return Ok(());
+        let unchanged = NodeMeta {
+            version: self.meta.version,
+            ..meta.clone()
+        };
+        if unchanged == self.meta {
+            return Ok(()); // nothing changed but the version we would give it
         }
         self.meta = meta.clone();
         if let Some(me) = self.tracked.get_mut(&self.me) {

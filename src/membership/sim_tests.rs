@@ -700,6 +700,21 @@ fn metadata_change_propagates_and_is_rate_limited() {
 }
 
 #[test]
+fn setting_the_same_metadata_again_publishes_nothing() {
+    let mut m = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+    let mut out = Vec::new();
+    m.set_meta(Millis(5_000), meta_for(1), &mut out).unwrap();
+    assert_eq!(m.member(&nid(1)).unwrap().meta.as_ref().unwrap().version, 1);
+    let mut changed = meta_for(1);
+    changed.draining = true;
+    m.set_meta(Millis(6_000), changed.clone(), &mut out)
+        .unwrap();
+    assert_eq!(m.member(&nid(1)).unwrap().meta.as_ref().unwrap().version, 2);
+    m.set_meta(Millis(9_000), changed, &mut out).unwrap();
+    assert_eq!(m.member(&nid(1)).unwrap().meta.as_ref().unwrap().version, 2);
+}
+
+#[test]
 fn late_joiner_learns_every_metadata_record() {
     let seed = seed(600);
     let mut sim = Sim::joined(15, seed);

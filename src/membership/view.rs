@@ -113,6 +113,9 @@ impl Membership {
                 continue;
             };
             t.seen = scan;
+            // Lives are told apart by their counters: the agent persists its incarnation, so a
+            // restart never reuses one (an identity with equal counters and other addresses
+            // would replace this one in foca unnoticed here until its counters change).
             let new_life = t.member.incarnation != id.incarnation || t.renewal != id.renewal;
             if !new_life && t.foca_state == foca_state && t.foca_incarnation == fm.incarnation() {
                 continue; // nothing foca knows about it changed
@@ -120,10 +123,8 @@ impl Membership {
             t.foca_state = foca_state;
             t.foca_incarnation = fm.incarnation();
             let m = &mut t.member;
-            // Equal counters with other addresses are a new life too (see `win_addr_conflict`).
             let addrs_changed = m.addrs != id.addrs;
-            let new_life = new_life || addrs_changed;
-            if new_life {
+            if new_life || addrs_changed {
                 m.incarnation = id.incarnation;
                 t.renewal = id.renewal;
                 m.addrs.clone_from(&id.addrs);
@@ -132,9 +133,7 @@ impl Membership {
             let new = match (old, foca_state) {
                 // A life that said it leaves stays left whatever foca still believes.
                 (MemberState::Left, _) if !new_life => MemberState::Left,
-                (_, s) if leaving() && (s.is_active() || s == MemberState::Down) => {
-                    MemberState::Left
-                }
+                _ if leaving() => MemberState::Left,
                 (_, s) => s,
             };
             if new != old {

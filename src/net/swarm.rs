@@ -246,20 +246,14 @@ impl Worker {
             );
             return;
         }
-        let len = bytes.len() as u64;
-        match self
+        let published = self
             .swarm
             .behaviour_mut()
             .gossip
-            .publish(gossipsub::IdentTopic::new(topic.clone()), bytes)
-        {
-            Ok(_) => {
-                self.counters.bytes_out.fetch_add(len, Relaxed);
-            }
-            Err(e) => {
-                self.counters.dropped();
-                tracing::debug!(topic, error = %e, "gossip not published");
-            }
+            .publish(gossipsub::IdentTopic::new(topic.clone()), bytes);
+        if let Err(e) = published {
+            self.counters.dropped();
+            tracing::debug!(topic, error = %e, "gossip not published");
         }
     }
 
@@ -391,9 +385,11 @@ impl Worker {
                 ..
             })) => {
                 let author = message.source.unwrap_or(propagation_source);
-                self.counters
-                    .bytes_in
-                    .fetch_add(message.data.len() as u64, Relaxed);
+                if self.fault.blocked.contains(&node(&author)) {
+                    // Partition injection: relayed by someone else, still from a blocked node.
+                    self.counters.dropped();
+                    return;
+                }
                 let ev = NetEvent::Gossip {
                     from: node(&author),
                     topic: message.topic.into_string(),

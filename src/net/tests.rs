@@ -363,6 +363,46 @@ async fn blocked_peers_exchange_nothing_until_unblocked() {
 }
 
 #[tokio::test]
+async fn gossip_from_a_blocked_author_is_dropped_even_when_relayed() {
+    let key = ClusterKey::generate();
+    let mut a = start(&key).await;
+    let mut b = start(&key).await;
+    let mut c = start(&key).await;
+    connect(&mut a, &mut b).await;
+    connect(&mut b, &mut c).await;
+    a.net.set_fault(FaultConfig {
+        blocked: BTreeSet::from([c.id.clone()]),
+        ..FaultConfig::default()
+    });
+    let c_id = c.id.clone();
+    // b hears c's gossip (the mesh needs a heartbeat or two); a, behind b, never does.
+    let mut reached_b = false;
+    for _ in 0..30 {
+        c.net.publish(TOPIC, b"from c".to_vec());
+        if arrives(
+            &mut b,
+            Duration::from_millis(500),
+            |ev| matches!(ev, NetEvent::Gossip { from, .. } if *from == c_id),
+        )
+        .await
+        {
+            reached_b = true;
+            break;
+        }
+    }
+    assert!(reached_b, "c's gossip never reached b");
+    for _ in 0..3 {
+        c.net.publish(TOPIC, b"from c, again".to_vec());
+    }
+    assert!(
+        !arrives(&mut a, Duration::from_secs(2), |ev| {
+            matches!(ev, NetEvent::Gossip { from, .. } if *from == c_id)
+        })
+        .await
+    );
+}
+
+#[tokio::test]
 async fn drop_rate_and_delay_apply_to_datagrams() {
     let key = ClusterKey::generate();
     let mut a = start(&key).await;

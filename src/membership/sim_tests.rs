@@ -2,7 +2,9 @@
 //! `BTreeMap<(time, seq), event>` queue, fixed latency plus seeded jitter, seeded loss. No
 //! threads, no clock: one seed replays a run exactly.
 //!
-//! A failing test prints its seed; rerun with `MEMBERSHIP_SEED=<seed>` to replay it.
+//! A failing test prints its seed; rerun with `MEMBERSHIP_SEED=<seed> cargo test ...` to
+//! replay it. Knobs are read when the test is compiled (`option_env!`; cargo rebuilds when
+//! they change), so this folder reads no environment at run time.
 
 use std::collections::{BTreeMap, BTreeSet};
 
@@ -39,12 +41,14 @@ fn member_id(i: usize, incarnation: u64) -> MemberId {
     .unwrap()
 }
 
+/// A compile-time knob, parsed, or `default`.
+fn knob(value: Option<&str>, default: u64) -> u64 {
+    value.and_then(|s| s.parse().ok()).unwrap_or(default)
+}
+
 /// The seed of a test: `MEMBERSHIP_SEED` when set (to replay), else the given default.
 fn seed(default: u64) -> u64 {
-    std::env::var("MEMBERSHIP_SEED")
-        .ok()
-        .and_then(|s| s.parse().ok())
-        .unwrap_or(default)
+    knob(option_env!("MEMBERSHIP_SEED"), default)
 }
 
 enum Ev {
@@ -875,23 +879,17 @@ fn datagram_naming_another_sender_is_dropped() {
 }
 
 /// Figures for DESIGN.md §10 at fleet scale: join time, idle traffic, false downs and
-/// detection time at 10% loss. Runs at 50 nodes by default. Knobs (environment):
+/// detection time at 10% loss. Runs at 50 nodes by default. Knobs (at compile time):
 /// `MEMBERSHIP_SCALE` (nodes, 1000 for the goal; slow in a debug build),
 /// `MEMBERSHIP_LOSSY_SECS` (virtual seconds at 10% loss), `MEMBERSHIP_KILLS` (crashes
 /// measured), `MEMBERSHIP_TUNE` (`field=value,...` overriding the `lan` tuning).
 #[test]
 fn fleet_scale_figures() {
-    let env = |k: &str, d: u64| {
-        std::env::var(k)
-            .ok()
-            .and_then(|s| s.parse().ok())
-            .unwrap_or(d)
-    };
-    let n = env("MEMBERSHIP_SCALE", 50) as usize;
-    let lossy_secs = env("MEMBERSHIP_LOSSY_SECS", 60);
-    let kills = env("MEMBERSHIP_KILLS", 5) as usize;
+    let n = knob(option_env!("MEMBERSHIP_SCALE"), 50) as usize;
+    let lossy_secs = knob(option_env!("MEMBERSHIP_LOSSY_SECS"), 60);
+    let kills = knob(option_env!("MEMBERSHIP_KILLS"), 5) as usize;
     let mut tuning = Profile::Lan.tuning(n as u32);
-    if let Ok(tune) = std::env::var("MEMBERSHIP_TUNE") {
+    if let Some(tune) = option_env!("MEMBERSHIP_TUNE") {
         let mut v = serde_json::to_value(&tuning).unwrap();
         for kv in tune.split(',').filter(|s| !s.is_empty()) {
             let (k, val) = kv.split_once('=').expect("field=value");
@@ -899,23 +897,22 @@ fn fleet_scale_figures() {
         }
         tuning = serde_json::from_value(v).expect("valid tuning fields");
     }
-    let wall = std::time::Instant::now();
-    let phase =
-        |what: &str| eprintln!("[{:>6.1}s] {n} nodes: {what}", wall.elapsed().as_secs_f64());
     let seed = seed(1_100);
     let mut sim = Sim::new(n, seed, tuning.clone());
+    let phase = |sim: &Sim, what: &str| eprintln!("[{:?}] {n} nodes: {what}", sim.now);
     sim.join_all();
     let join = sim.run_until_true(120_000, |s| s.all_alive_with_meta());
     let join = join.unwrap_or_else(|| panic!("seed {seed}: {n} nodes did not converge"));
-    phase(&format!("joined {join} ms after the last announce"));
+    phase(&sim, &format!("joined {join} ms after the last announce"));
     sim.run_for(10_000);
     let (d0, b0) = (sim.datagrams, sim.datagram_bytes);
     sim.run_for(30_000);
     let idle_bytes = (sim.datagram_bytes - b0) / (30 * n as u64);
     let idle_datagrams = (sim.datagrams - d0) as f64 / (30 * n) as f64;
-    phase(&format!(
-        "idle: {idle_datagrams:.1} datagrams, {idle_bytes} bytes per node per second"
-    ));
+    phase(
+        &sim,
+        &format!("idle: {idle_datagrams:.1} datagrams, {idle_bytes} bytes per node per second"),
+    );
 
     sim.loss_permille = 100;
     let t0 = sim.now;
@@ -925,9 +922,12 @@ fn fleet_scale_figures() {
     };
     let false_downs = count(&sim, |e| matches!(e, MemberEvent::Down(_)));
     let suspicions = count(&sim, |e| matches!(e, MemberEvent::Suspect(_)));
-    phase(&format!(
-        "10% loss for {lossy_secs} s: {false_downs} false downs, {suspicions} suspect events"
-    ));
+    phase(
+        &sim,
+        &format!(
+            "10% loss for {lossy_secs} s: {false_downs} false downs, {suspicions} suspect events"
+        ),
+    );
 
     let victims: Vec<usize> = (0..kills).map(|k| 1 + k * (n - 1) / kills.max(1)).collect();
     let mut detections = Vec::new();
@@ -957,14 +957,17 @@ fn fleet_scale_figures() {
         eprintln!("first wrong down at {t:?}, seen by {o}: {e:?}");
     }
     let pct = |p: usize| detections[(detections.len() * p / 100).min(detections.len() - 1)];
-    phase(&format!(
-        "crash known down everywhere at 10% loss: p50 {} ms, p99 {} ms, max {} ms over {kills} crashes; {} wrong downs in all; largest datagram {} bytes",
-        pct(50),
-        pct(99),
-        detections.last().unwrap(),
-        wrong.len(),
-        sim.largest_datagram
-    ));
+    phase(
+        &sim,
+        &format!(
+            "crash known down everywhere at 10% loss: p50 {} ms, p99 {} ms, max {} ms over {kills} crashes; {} wrong downs in all; largest datagram {} bytes",
+            pct(50),
+            pct(99),
+            detections.last().unwrap(),
+            wrong.len(),
+            sim.largest_datagram
+        ),
+    );
     eprintln!("tuning: {tuning:?}");
     assert!(wrong.is_empty(), "seed {seed}");
     assert!(detections.iter().all(|d| *d != u64::MAX), "seed {seed}");

@@ -54,7 +54,7 @@ use rand::rngs::Xoshiro256PlusPlus;
 
 use crate::ids::{Millis, NodeId};
 
-pub use identity::{IdentityError, MAX_ADDR_BYTES, MAX_ADDRS, MemberId};
+pub use identity::{IdentityError, MAX_ADDR_BYTES, MAX_ADDRS, MemberId, NodeKey};
 pub use meta::{
     MAX_AGENT_VERSION_BYTES, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS,
     MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta,

@@ -15,11 +15,23 @@ use serde::{Deserialize, Serialize};
 pub enum Profile {
     /// Machines on one network (default). Goal (DESIGN.md §10): a crashed node is known down
     /// everywhere within 3 s at p99 in fleets up to ~1,000 nodes, with no false death at 10%
-    /// datagram loss. Figures, `cluster_size` = 1,000: probe every 400 ms, ack expected within
-    /// 150 ms, 5 indirect probes, suspicion 1.6 s, periodic gossip every 100 ms to 4 members.
+    /// datagram loss. Parameters: probe every 300 ms, ack expected within 120 ms, 5 indirect
+    /// probes, suspicion 800 ms + 100 ms per decade of fleet size (1.1 s at 1,000), each update
+    /// sent 6 × (decades + 1) times (24 at 1,000), gossip every 100 ms to 4 members.
+    ///
+    /// Measured in the virtual-time simulator (`sim_tests.rs`, 1–3 ms latency, 10% loss each
+    /// way): crash known down everywhere p50 1.5 s / max 1.8 s (50 nodes), p50 1.8 s / max
+    /// 3.0 s (300 nodes, 20 crashes), p50 1.9 s / max 2.1 s (1,000 nodes, 10 crashes); no false
+    /// down in 10 minutes (20 nodes), 60 s (300 nodes) or 50 s (1,000 nodes). Idle: 6.7
+    /// datagrams and ~260 payload bytes per node per second (transport overhead not included).
+    ///
+    /// Foca's `new_lan` (probe 1 s, suspicion 4 s × log10 n) would take 5–10 s; what makes the
+    /// short suspicion safe is that the prober tells the suspect directly (8 notices over the
+    /// timeout), so refuting does not wait for cluster-wide dissemination.
     Lan,
-    /// Sites far apart over slow or lossy links: everything about 4× slower and more patient
-    /// than `Lan` (probe every 2 s, ack within 800 ms, suspicion ≥ 8 s).
+    /// Sites far apart over slow or lossy links: probe every 2 s, ack within 800 ms, suspicion
+    /// 4 s + 2 s per decade. Measured: 20 nodes with 80 ms latency and 10% loss, a crash known
+    /// down everywhere after 9 s, no false down in 5 minutes.
     Wan,
 }
 

@@ -5,6 +5,9 @@
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
 pub mod ids;
+pub mod node;
+pub mod placement;
+pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod state;

@@ -151,6 +151,8 @@ pub enum InstanceState {
     OomKilled,
     /// Being stopped (replaced, reclaimed, scaled down).
     Stopping,
+    /// Ended with success and not restarted (policy `on-failure` or `never`).
+    Exited,
 }
 
 impl InstanceState {
@@ -162,6 +164,7 @@ impl InstanceState {
             InstanceState::Failed => "failed",
             InstanceState::OomKilled => "oom-killed",
             InstanceState::Stopping => "stopping",
+            InstanceState::Exited => "exited",
         }
     }
 }
@@ -199,6 +202,8 @@ pub struct ClusterState {
     pub claims: BTreeMap<SlotId, Claim>,
     pub reports: BTreeMap<NodeId, LWWReg<NodeReport, ReportMarker>>,
     pub graveyard: BTreeMap<ServiceName, Hlc>,
+    /// Per node, whether an operator asked it to drain (`shoal drain`), last writer wins.
+    pub drains: BTreeMap<NodeId, (Hlc, bool)>,
 }
 
 impl ClusterState {
@@ -207,6 +212,20 @@ impl ClusterState {
             && self.claims.is_empty()
             && self.reports.is_empty()
             && self.graveyard.is_empty()
+            && self.drains.is_empty()
+    }
+
+    /// Whether an operator asked `node` to drain.
+    pub fn draining(&self, node: &NodeId) -> bool {
+        self.drains.get(node).is_some_and(|(_, on)| *on)
+    }
+
+    /// Writes a drain flag; returns the delta.
+    pub fn put_drain(&mut self, node: &NodeId, stamp: Hlc, on: bool) -> ClusterState {
+        let mut delta = ClusterState::default();
+        delta.drains.insert(node.clone(), (stamp, on));
+        self.merge(&delta);
+        delta
     }
 
     /// The spec in force for a service, unless it is deleted or unknown.
@@ -357,6 +376,19 @@ impl Crdt for ClusterState {
                 }
             }
         }
+        for (node, (stamp, on)) in &other.drains {
+            match self.drains.get_mut(node) {
+                Some(mine) if mine.0 >= *stamp => {}
+                Some(mine) => {
+                    *mine = (stamp.clone(), *on);
+                    changed = true;
+                }
+                None => {
+                    self.drains.insert(node.clone(), (stamp.clone(), *on));
+                    changed = true;
+                }
+            }
+        }
         changed |= self.bury();
         changed
     }
@@ -453,8 +485,9 @@ pub(crate) mod tests {
             prop::collection::vec(((names.clone(), 0u32..3), claim()), 0..6),
             prop::collection::vec((0u8..4, 0u64..3, 0u64..5), 0..4),
             prop::collection::vec((names, stamp()), 0..2),
+            prop::collection::vec((0u8..4, stamp()), 0..3),
         )
-            .prop_map(|(revs, claims, reports, graves)| {
+            .prop_map(|(revs, claims, reports, graves, drains)| {
                 let mut s = ClusterState::default();
                 for (name, st) in revs {
                     s.put_revision(&ServiceName(name.into()), revision_for(name, st));
@@ -474,6 +507,11 @@ pub(crate) mod tests {
                     let mut g = ClusterState::default();
                     g.graveyard.insert(ServiceName(name.into()), st);
                     s.merge(&g);
+                }
+                for (n, st) in drains {
+                    // One stamp, one value: derive the flag from the stamp.
+                    let on = st.wall_ms % 2 == 0;
+                    s.put_drain(&node(n), st, on);
                 }
                 s
             })

@@ -8,8 +8,11 @@ use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod error;
 mod quantity;
+mod tree;
 
+pub use error::{Format, NameKind, Place, QuantityKind, SpecError};
 pub use quantity::{parse_cpu, parse_duration_ms, parse_memory};
 
 /// A service name: a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`), validated on parse.

@@ -3,17 +3,56 @@
 //!
 //! This module owns parsing and validation only. It does not decide placement or talk to a
 //! runtime; the types here are plain data that travel in `ClusterState` (serde + postcard).
+//!
+//! Reading goes text → located tree (`tree.rs`) → validated [`ServiceSpec`] (`service.rs`, with
+//! field helpers in `fields.rs` and quantities in `quantity.rs`); every rejection is a
+//! [`SpecError`] (`error.rs`) naming the file, line, field and what to change. Nothing here
+//! panics on any input.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
 mod error;
+mod fields;
 mod quantity;
+mod service;
 mod tree;
+
+#[cfg(test)]
+mod tests;
 
 pub use error::{Format, NameKind, Place, QuantityKind, SpecError};
 pub use quantity::{parse_cpu, parse_duration_ms, parse_memory};
+pub use service::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, DEFAULT_STOP_GRACE_MS, MAX_REPLICAS};
+
+/// Parses a spec file's text, YAML or JSON, holding one service (a mapping) or a list of
+/// services; several YAML documents (`---`) are read as one list. `file` is used in messages.
+pub fn parse(file: &str, text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
+    // Editors hide a byte-order mark; serde_json rejects one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let docs = tree::load(file, text)?;
+    service::services(&fields::Source { file, text }, &docs)
+}
+
+/// [`parse`] for bytes; bytes that are not UTF-8 are an error naming the line of the first bad byte.
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<ServiceSpec>, SpecError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(file, text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            // `good` is valid UTF-8 by construction, so this never falls back.
+            let column =
+                std::str::from_utf8(&good[line_start..]).map_or(0, |s| s.chars().count()) + 1;
+            Err(SpecError::NotUtf8 {
+                at: Place::at(file, line, column, ""),
+                byte: e.valid_up_to(),
+            })
+        }
+    }
+}
 
 /// A service name: a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`), validated on parse.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]

@@ -15,17 +15,34 @@ use crate::spec::{ServiceName, ServiceSpec};
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum ApiRequest {
     /// Write a new revision of each service whose spec differs from its current one.
-    Deploy { specs: Vec<ServiceSpec> },
-    Remove { service: ServiceName },
-    Scale { service: ServiceName, replicas: u32 },
+    Deploy {
+        specs: Vec<ServiceSpec>,
+    },
+    Remove {
+        service: ServiceName,
+    },
+    Scale {
+        service: ServiceName,
+        replicas: u32,
+    },
     /// Back to `to` (a revision id or its sequence number), or to the previous revision.
-    Rollback { service: ServiceName, to: Option<String> },
-    History { service: ServiceName },
-    Ps { service: Option<ServiceName> },
+    Rollback {
+        service: ServiceName,
+        to: Option<String>,
+    },
+    History {
+        service: ServiceName,
+    },
+    Ps {
+        service: Option<ServiceName>,
+    },
     Status,
     Nodes,
     /// Drain (`on`) or undrain a node; `None` means this node.
-    Drain { node: Option<String>, on: bool },
+    Drain {
+        node: Option<String>,
+        on: bool,
+    },
 }
 
 /// The answer to an `ApiRequest`.
@@ -58,10 +75,18 @@ pub enum ApiErrorKind {
 
 impl ApiError {
     pub fn not_found(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
-        ApiError { kind: ApiErrorKind::NotFound, error: error.into(), hint: Some(hint.into()) }
+        ApiError {
+            kind: ApiErrorKind::NotFound,
+            error: error.into(),
+            hint: Some(hint.into()),
+        }
     }
     pub fn invalid(error: impl Into<String>, hint: impl Into<String>) -> ApiError {
-        ApiError { kind: ApiErrorKind::Invalid, error: error.into(), hint: Some(hint.into()) }
+        ApiError {
+            kind: ApiErrorKind::Invalid,
+            error: error.into(),
+            hint: Some(hint.into()),
+        }
     }
 }
 
@@ -134,7 +159,10 @@ pub struct ResourcesView {
 
 impl From<crate::spec::Resources> for ResourcesView {
     fn from(r: crate::spec::Resources) -> Self {
-        ResourcesView { cpu_millis: r.cpu_millis, memory_bytes: r.memory_bytes }
+        ResourcesView {
+            cpu_millis: r.cpu_millis,
+            memory_bytes: r.memory_bytes,
+        }
     }
 }
 
@@ -208,13 +236,19 @@ impl ApiRequest {
 
 /// A node id as given on the command line: the full id, or a unique prefix of it (with or
 /// without the common `12D3KooW` prefix).
-pub fn resolve_node<'a>(given: &str, known: impl Iterator<Item = &'a NodeId>) -> Result<NodeId, ApiError> {
+pub fn resolve_node<'a>(
+    given: &str,
+    known: impl Iterator<Item = &'a NodeId>,
+) -> Result<NodeId, ApiError> {
     let matches: Vec<&NodeId> = known
         .filter(|n| n.0 == given || n.0.starts_with(given) || n.short().starts_with(given))
         .collect();
     match matches.as_slice() {
         [one] => Ok((*one).clone()),
-        [] => Err(ApiError::not_found(format!("no node {given}"), "see `shoal nodes` for node ids")),
+        [] => Err(ApiError::not_found(
+            format!("no node {given}"),
+            "see `shoal nodes` for node ids",
+        )),
         _ => Err(ApiError::invalid(
             format!("node {given} is ambiguous ({} nodes match)", matches.len()),
             "give more characters of the id",

@@ -82,7 +82,9 @@ impl Members {
                 if u.incarnation < p.incarnation {
                     return false;
                 }
-                let changed = p.state != u.state || (u.meta.is_some() && u.meta != p.meta) || p.incarnation != u.incarnation;
+                let changed = p.state != u.state
+                    || (u.meta.is_some() && u.meta != p.meta)
+                    || p.incarnation != u.incarnation;
                 if p.state != u.state {
                     p.since = now;
                 }
@@ -97,7 +99,13 @@ impl Members {
             None => {
                 self.peers.insert(
                     u.node,
-                    Peer { state: u.state, incarnation: u.incarnation, meta: u.meta, since: now, last_heard: now },
+                    Peer {
+                        state: u.state,
+                        incarnation: u.incarnation,
+                        meta: u.meta,
+                        since: now,
+                        last_heard: now,
+                    },
                 );
                 true
             }
@@ -126,7 +134,11 @@ impl Members {
     /// Refreshes `stable_size` from the current view: it grows at once and shrinks only when a
     /// member has left gracefully (a crashed or cut-off member still counts against majority).
     pub fn refresh_stable_size(&mut self) {
-        let known = 1 + self.peers.values().filter(|p| p.state != PeerState::Left).count();
+        let known = 1 + self
+            .peers
+            .values()
+            .filter(|p| p.state != PeerState::Left)
+            .count();
         self.stable_size = known;
     }
 }

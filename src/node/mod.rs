@@ -139,8 +139,14 @@ pub enum Message {
 pub enum Input {
     /// Time passed: run whatever is due.
     Tick,
-    Message { from: NodeId, msg: Message },
-    Api { id: u64, req: ApiRequest },
+    Message {
+        from: NodeId,
+        msg: Message,
+    },
+    Api {
+        id: u64,
+        req: ApiRequest,
+    },
     Runtime(RuntimeEvent),
     Peer(PeerUpdate),
 }
@@ -148,13 +154,22 @@ pub enum Input {
 /// Everything a node can ask of the outside world.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    Send { to: NodeId, msg: Message },
-    Broadcast { topic: Topic, msg: Message },
+    Send {
+        to: NodeId,
+        msg: Message,
+    },
+    Broadcast {
+        topic: Topic,
+        msg: Message,
+    },
     Runtime(RuntimeCommand),
     /// Persist these entries (the shell writes the node's current value of every key the delta
     /// touches) before executing any later output.
     Persist(ClusterState),
-    Reply { id: u64, result: Result<ApiReply, ApiError> },
+    Reply {
+        id: u64,
+        result: Result<ApiReply, ApiError>,
+    },
 }
 
 /// One node's core.
@@ -266,7 +281,10 @@ impl<R: Rng> Node<R> {
             }
         }
         if self.reconciler.dirty {
-            consider(self.last_report.map_or(now, |l| l.plus(t.report_min_interval_ms)));
+            consider(
+                self.last_report
+                    .map_or(now, |l| l.plus(t.report_min_interval_ms)),
+            );
         }
         wake.max(now)
     }
@@ -285,7 +303,15 @@ impl<R: Rng> Node<R> {
             }
             Input::Runtime(ev) => {
                 let mut effects = Vec::new();
-                let desired = desired(&self.state, &self.cfg, &self.members, &self.reconciler, &self.handovers, self.minority_since, now);
+                let desired = desired(
+                    &self.state,
+                    &self.cfg,
+                    &self.members,
+                    &self.reconciler,
+                    &self.handovers,
+                    self.minority_since,
+                    now,
+                );
                 self.reconciler.on_event(now, ev, &desired, &mut effects);
                 drop(desired);
                 self.apply_effects(now, effects, out);
@@ -329,7 +355,10 @@ impl<R: Rng> Node<R> {
     /// Writes a local change: persist, then gossip.
     fn write(&mut self, delta: ClusterState, out: &mut Vec<Output>) {
         out.push(Output::Persist(delta.clone()));
-        out.push(Output::Broadcast { topic: Topic::State, msg: Message::Delta(delta) });
+        out.push(Output::Broadcast {
+            topic: Topic::State,
+            msg: Message::Delta(delta),
+        });
         self.counters.deltas_sent += 1;
     }
 
@@ -344,18 +373,37 @@ impl<R: Rng> Node<R> {
         let stamp = self.clock.stamp(now);
         let bytes = postcard::to_stdvec(&stamp).expect("in-memory encoding cannot fail");
         let tag = xxhash_rust::xxh3::xxh3_64(&bytes) & 0xffff;
-        Revision { id: RevisionId(format!("{seq}.{tag:04x}")), stamp, body }
+        Revision {
+            id: RevisionId(format!("{seq}.{tag:04x}")),
+            stamp,
+            body,
+        }
     }
 
-    fn write_revision(&mut self, now: Millis, name: &ServiceName, body: RevisionBody, out: &mut Vec<Output>) -> api::WriteResult {
+    fn write_revision(
+        &mut self,
+        now: Millis,
+        name: &ServiceName,
+        body: RevisionBody,
+        out: &mut Vec<Output>,
+    ) -> api::WriteResult {
         let rev = self.new_revision(now, name, body);
         let id = rev.id.0.clone();
         let delta = self.state.put_revision(name, rev);
         self.write(delta, out);
-        api::WriteResult { service: name.0.clone(), revision: id, changed: true }
+        api::WriteResult {
+            service: name.0.clone(),
+            revision: id,
+            changed: true,
+        }
     }
 
-    fn on_api(&mut self, now: Millis, req: ApiRequest, out: &mut Vec<Output>) -> Result<ApiReply, ApiError> {
+    fn on_api(
+        &mut self,
+        now: Millis,
+        req: ApiRequest,
+        out: &mut Vec<Output>,
+    ) -> Result<ApiReply, ApiError> {
         match req {
             ApiRequest::Deploy { specs } => {
                 let mut results = Vec::new();
@@ -363,7 +411,11 @@ impl<R: Rng> Node<R> {
                     let name = spec.name.clone();
                     let current = self.state.services.get(&name).and_then(|e| e.current());
                     if let Some(cur) = current.filter(|c| c.spec() == Some(&spec)) {
-                        results.push(api::WriteResult { service: name.0.clone(), revision: cur.id.0.clone(), changed: false });
+                        results.push(api::WriteResult {
+                            service: name.0.clone(),
+                            revision: cur.id.0.clone(),
+                            changed: false,
+                        });
                         continue;
                     }
                     results.push(self.write_revision(now, &name, RevisionBody::Spec(spec), out));
@@ -372,22 +424,45 @@ impl<R: Rng> Node<R> {
             }
             ApiRequest::Remove { service } => {
                 self.live(&service)?;
-                Ok(ApiReply::Written(vec![self.write_revision(now, &service, RevisionBody::Deleted, out)]))
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Deleted,
+                    out,
+                )]))
             }
             ApiRequest::Scale { service, replicas } => {
                 let mut spec = self.live(&service)?.clone();
                 if replicas > 10_000 {
-                    return Err(ApiError::invalid(format!("replicas {replicas} is more than 10000"), "use at most 10000 replicas"));
+                    return Err(ApiError::invalid(
+                        format!("replicas {replicas} is more than 10000"),
+                        "use at most 10000 replicas",
+                    ));
                 }
                 if spec.replicas == replicas {
-                    let cur = self.state.services[&service].current().expect("live service has a revision");
-                    return Ok(ApiReply::Written(vec![api::WriteResult { service: service.0.clone(), revision: cur.id.0.clone(), changed: false }]));
+                    let cur = self.state.services[&service]
+                        .current()
+                        .expect("live service has a revision");
+                    return Ok(ApiReply::Written(vec![api::WriteResult {
+                        service: service.0.clone(),
+                        revision: cur.id.0.clone(),
+                        changed: false,
+                    }]));
                 }
                 spec.replicas = replicas;
-                Ok(ApiReply::Written(vec![self.write_revision(now, &service, RevisionBody::Spec(spec), out)]))
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Spec(spec),
+                    out,
+                )]))
             }
             ApiRequest::Rollback { service, to } => {
-                let entry = self.state.services.get(&service).ok_or_else(|| unknown_service(&service))?;
+                let entry = self
+                    .state
+                    .services
+                    .get(&service)
+                    .ok_or_else(|| unknown_service(&service))?;
                 let current = entry.current().expect("entries are never empty");
                 let target = match &to {
                     Some(to) => find_revision(entry.history.values(), to)?,
@@ -397,15 +472,34 @@ impl<R: Rng> Node<R> {
                         .rev()
                         .skip(1)
                         .find(|r| r.spec().is_some() && r.spec() != current.spec())
-                        .ok_or_else(|| ApiError::not_found(format!("service {service} has no earlier revision to roll back to"), format!("see `shoal history {service}`")))?,
+                        .ok_or_else(|| {
+                            ApiError::not_found(
+                                format!(
+                                    "service {service} has no earlier revision to roll back to"
+                                ),
+                                format!("see `shoal history {service}`"),
+                            )
+                        })?,
                 };
                 let Some(spec) = target.spec().cloned() else {
-                    return Err(ApiError::invalid(format!("revision {} of {service} is a removal", target.id), "roll back to a revision that has a spec"));
+                    return Err(ApiError::invalid(
+                        format!("revision {} of {service} is a removal", target.id),
+                        "roll back to a revision that has a spec",
+                    ));
                 };
-                Ok(ApiReply::Written(vec![self.write_revision(now, &service, RevisionBody::Spec(spec), out)]))
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Spec(spec),
+                    out,
+                )]))
             }
             ApiRequest::History { service } => {
-                let entry = self.state.services.get(&service).ok_or_else(|| unknown_service(&service))?;
+                let entry = self
+                    .state
+                    .services
+                    .get(&service)
+                    .ok_or_else(|| unknown_service(&service))?;
                 let current = entry.current().map(|r| r.stamp.clone());
                 Ok(ApiReply::History(
                     entry
@@ -425,7 +519,10 @@ impl<R: Rng> Node<R> {
             }
             ApiRequest::Ps { service } => {
                 if let Some(s) = &service {
-                    self.state.services.get(s).ok_or_else(|| unknown_service(s))?;
+                    self.state
+                        .services
+                        .get(s)
+                        .ok_or_else(|| unknown_service(s))?;
                 }
                 Ok(ApiReply::Ps(self.ps(now, service.as_ref())))
             }
@@ -435,7 +532,9 @@ impl<R: Rng> Node<R> {
                 let target = match node {
                     None => self.cfg.id.clone(),
                     Some(n) => {
-                        let known: Vec<NodeId> = std::iter::once(self.cfg.id.clone()).chain(self.members.peers.keys().cloned()).collect();
+                        let known: Vec<NodeId> = std::iter::once(self.cfg.id.clone())
+                            .chain(self.members.peers.keys().cloned())
+                            .collect();
                         api::resolve_node(&n, known.iter())?
                     }
                 };
@@ -445,13 +544,19 @@ impl<R: Rng> Node<R> {
                     let delta = self.state.put_drain(&target, stamp, on);
                     self.write(delta, out);
                 }
-                Ok(ApiReply::Written(vec![api::WriteResult { service: String::new(), revision: target.0, changed }]))
+                Ok(ApiReply::Written(vec![api::WriteResult {
+                    service: String::new(),
+                    revision: target.0,
+                    changed,
+                }]))
             }
         }
     }
 
     fn live(&self, service: &ServiceName) -> Result<&ServiceSpec, ApiError> {
-        self.state.live_spec(service).ok_or_else(|| unknown_service(service))
+        self.state
+            .live_spec(service)
+            .ok_or_else(|| unknown_service(service))
     }
 
     /// Everything that is due: compaction, relisting, placement, reconcile, report.
@@ -477,8 +582,19 @@ impl<R: Rng> Node<R> {
         self.run_auction(now, out);
         self.track_handovers(now);
         let mut effects = Vec::new();
-        let owner = reconcile::Owner { cluster: self.cfg.cluster.clone(), node: self.cfg.id.clone() };
-        let desired = desired(&self.state, &self.cfg, &self.members, &self.reconciler, &self.handovers, self.minority_since, now);
+        let owner = reconcile::Owner {
+            cluster: self.cfg.cluster.clone(),
+            node: self.cfg.id.clone(),
+        };
+        let desired = desired(
+            &self.state,
+            &self.cfg,
+            &self.members,
+            &self.reconciler,
+            &self.handovers,
+            self.minority_since,
+            now,
+        );
         self.reconciler.step(now, &owner, &desired, &mut effects);
         drop(desired);
         self.apply_effects(now, effects, out);
@@ -496,8 +612,16 @@ impl<R: Rng> Node<R> {
 
     /// Gives a slot up: a released claim at the same epoch, so another node claims `epoch + 1`.
     fn release(&mut self, slot: &SlotId, out: &mut Vec<Output>) {
-        if let Some(c) = self.state.claims.get(slot).filter(|c| c.node == self.cfg.id && !c.released) {
-            let released = Claim { released: true, ..c.clone() };
+        if let Some(c) = self
+            .state
+            .claims
+            .get(slot)
+            .filter(|c| c.node == self.cfg.id && !c.released)
+        {
+            let released = Claim {
+                released: true,
+                ..c.clone()
+            };
             let delta = self.state.put_claim(slot, released);
             self.write(delta, out);
         }
@@ -511,7 +635,9 @@ impl<R: Rng> Node<R> {
             if c.node != self.cfg.id || c.released {
                 continue;
             }
-            let Some(spec) = self.state.live_spec(&slot.service) else { continue };
+            let Some(spec) = self.state.live_spec(&slot.service) else {
+                continue;
+            };
             let driver_ok = self.cfg.runtimes.contains(&spec.workload.driver());
             let labels_ok = spec.constraints.iter().all(|k| k.matches(&self.cfg.labels));
             if !driver_ok || !labels_ok {
@@ -524,14 +650,20 @@ impl<R: Rng> Node<R> {
     }
 
     fn bid_window(&self) -> u64 {
-        if self.members.present_count() <= 1 { 0 } else { self.cfg.timing.bid_window_ms }
+        if self.members.present_count() <= 1 {
+            0
+        } else {
+            self.cfg.timing.bid_window_ms
+        }
     }
 
     /// Slots that need an owner, with the epoch the next claim takes.
     fn open_slots(&self, now: Millis) -> Vec<(SlotId, u64)> {
         let mut open = Vec::new();
         let t = &self.cfg.timing;
-        let settled = self.started_at.is_some_and(|s| now.since(s) >= t.startup_grace_ms);
+        let settled = self
+            .started_at
+            .is_some_and(|s| now.since(s) >= t.startup_grace_ms);
         for (name, _rev, spec) in self.state.live_services() {
             for index in 0..spec.replicas {
                 let slot = SlotId::new(name, index);
@@ -543,7 +675,8 @@ impl<R: Rng> Node<R> {
                     open.push((slot, c.epoch + 1));
                     continue;
                 }
-                let owner_present = c.node == self.cfg.id || self.members.state(&c.node).is_some_and(PeerState::present);
+                let owner_present = c.node == self.cfg.id
+                    || self.members.state(&c.node).is_some_and(PeerState::present);
                 if owner_present && self.state.draining(&c.node) {
                     open.push((slot, c.epoch + 1));
                     continue;
@@ -580,7 +713,9 @@ impl<R: Rng> Node<R> {
             if c.node != self.cfg.id || c.released {
                 continue;
             }
-            let Some(spec) = self.state.live_spec(&slot.service) else { continue };
+            let Some(spec) = self.state.live_spec(&slot.service) else {
+                continue;
+            };
             if slot.index >= spec.replicas {
                 continue;
             }
@@ -614,13 +749,18 @@ impl<R: Rng> Node<R> {
             if c.node != self.cfg.id || c.released {
                 continue;
             }
-            let Some(spec) = self.state.live_spec(&slot.service) else { continue };
+            let Some(spec) = self.state.live_spec(&slot.service) else {
+                continue;
+            };
             if slot.index >= spec.replicas {
                 continue;
             }
             r.cpu_millis += spec.resources.cpu_millis;
             r.memory_bytes += spec.resources.memory_bytes;
-            counted.insert(InstanceKey { slot: slot.clone(), epoch: c.epoch });
+            counted.insert(InstanceKey {
+                slot: slot.clone(),
+                epoch: c.epoch,
+            });
         }
         for l in self.reconciler.instances.values() {
             if !counted.contains(&l.key) && l.holds_resources() {
@@ -632,7 +772,9 @@ impl<R: Rng> Node<R> {
     }
 
     fn spread_view(&self, spec: &ServiceSpec) -> SpreadView {
-        let Some(label) = &spec.spread else { return SpreadView::default() };
+        let Some(label) = &spec.spread else {
+            return SpreadView::default();
+        };
         let mine = self.cfg.labels.get(label);
         let mut same = 0;
         for (slot, c) in self.state.claims.range(SlotId::new(&spec.name, 0)..) {
@@ -645,7 +787,11 @@ impl<R: Rng> Node<R> {
             let theirs = if c.node == self.cfg.id {
                 mine
             } else {
-                self.members.peers.get(&c.node).and_then(|p| p.meta.as_ref()).and_then(|m| m.labels.get(label))
+                self.members
+                    .peers
+                    .get(&c.node)
+                    .and_then(|p| p.meta.as_ref())
+                    .and_then(|m| m.labels.get(label))
             };
             if theirs == mine {
                 same += 1;
@@ -654,34 +800,149 @@ impl<R: Rng> Node<R> {
         SpreadView { same_value: same }
     }
 
+    /// Facts about a node derived from replicated claims (the same on every node that holds the
+    /// same state), with capacity, labels and runtimes from what it advertises.
+    fn claimed_facts(&self, node: &NodeId, meta: &PeerMeta) -> NodeFacts {
+        let mut f = NodeFacts {
+            labels: meta.labels.clone(),
+            capacity: meta.capacity,
+            allocated: Resources::default(),
+            runtimes: meta.runtimes.clone(),
+            draining: meta.draining || self.state.draining(node),
+            host_ports: BTreeSet::new(),
+            per_service: BTreeMap::new(),
+        };
+        for (slot, c) in &self.state.claims {
+            if &c.node != node || c.released {
+                continue;
+            }
+            let Some(spec) = self.state.live_spec(&slot.service) else {
+                continue;
+            };
+            if slot.index >= spec.replicas {
+                continue;
+            }
+            f.allocated.cpu_millis += spec.resources.cpu_millis;
+            f.allocated.memory_bytes += spec.resources.memory_bytes;
+            f.host_ports
+                .extend(spec.ports.iter().filter_map(|p| p.host));
+            *f.per_service.entry(slot.service.clone()).or_default() += 1;
+        }
+        f
+    }
+
+    /// Who this node expects to win each open slot (see `placement::plan`).
+    fn plan(
+        &self,
+        now: Millis,
+        open: &BTreeMap<SlotId, u64>,
+    ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
+        let me = self.meta(now);
+        let mut candidates = vec![placement::Candidate {
+            node: self.cfg.id.clone(),
+            facts: self.claimed_facts(&self.cfg.id, &me),
+        }];
+        for (id, p) in self.members.present() {
+            if let Some(m) = &p.meta {
+                candidates.push(placement::Candidate {
+                    node: id.clone(),
+                    facts: self.claimed_facts(id, m),
+                });
+            }
+        }
+        let mut labels = placement::LabelCounts::new();
+        for (slot, c) in &self.state.claims {
+            if c.released {
+                continue;
+            }
+            let Some(spec) = self.state.live_spec(&slot.service) else {
+                continue;
+            };
+            let Some(label) = &spec.spread else { continue };
+            if slot.index >= spec.replicas {
+                continue;
+            }
+            let value = candidates
+                .iter()
+                .find(|cand| cand.node == c.node)
+                .and_then(|cand| cand.facts.labels.get(label).cloned());
+            if let Some(value) = value {
+                *labels
+                    .entry((slot.service.clone(), label.clone(), value))
+                    .or_default() += 1;
+            }
+        }
+        let slots: Vec<(SlotId, &ServiceSpec)> = open
+            .keys()
+            .filter_map(|slot| {
+                self.state
+                    .live_spec(&slot.service)
+                    .map(|s| (slot.clone(), s))
+            })
+            .collect();
+        placement::plan(candidates, &slots, labels, BIDDERS_PER_SLOT)
+    }
+
     fn run_auction(&mut self, now: Millis, out: &mut Vec<Output>) {
         let open: BTreeMap<SlotId, u64> = self.open_slots(now).into_iter().collect();
         // Forget slots that were claimed meanwhile.
-        self.auction.open.retain(|slot, o| open.get(slot).is_some_and(|e| *e == o.epoch));
+        self.auction
+            .open
+            .retain(|slot, o| open.get(slot).is_some_and(|e| *e == o.epoch));
         let window = self.bid_window();
+        let rebid = self.cfg.timing.rebid_ms;
+        let due: Vec<(SlotId, u64)> = open
+            .iter()
+            .filter(|(slot, _)| {
+                self.auction
+                    .open
+                    .get(*slot)
+                    .is_none_or(|o| o.my_bid.is_none() && now.since(o.opened_at) >= rebid)
+                    && self.reconciler.excluded(slot, now).is_none()
+            })
+            .map(|(s, e)| (s.clone(), *e))
+            .collect();
+        let plan = if due.is_empty() {
+            BTreeMap::new()
+        } else {
+            self.plan(now, &open)
+        };
         let mut bids = Vec::new();
-        for (slot, epoch) in &open {
-            let Some(spec) = self.state.live_spec(&slot.service) else { continue };
-            if let Some(o) = self.auction.open.get(slot) {
-                if o.my_bid.is_some() || now.since(o.opened_at) < self.cfg.timing.rebid_ms {
-                    continue;
-                }
-            }
-            if self.reconciler.excluded(slot, now).is_some() {
-                continue;
-            }
-            let facts = self.my_facts(now);
-            let Some(score) = placement::score(&facts, spec, self.spread_view(spec)) else {
-                // Not eligible: remember that we looked, so we look again after `rebid_ms`.
-                let entry = self.auction.open.entry(slot.clone()).or_insert_with(|| new_open(*epoch, now));
-                if entry.bids.is_empty() {
-                    entry.opened_at = now;
-                }
+        for (slot, epoch) in due {
+            let Some(spec) = self.state.live_spec(&slot.service) else {
                 continue;
             };
-            let bid = Bid { slot: slot.clone(), epoch: *epoch, score, node: self.cfg.id.clone() };
-            let entry = self.auction.open.entry(slot.clone()).or_insert_with(|| new_open(*epoch, now));
+            let entry = self
+                .auction
+                .open
+                .entry(slot.clone())
+                .or_insert_with(|| new_open(epoch, now));
+            let first_seen = entry.first_seen;
             entry.opened_at = now;
+            // Bid when ranked among the best few, or when the slot has waited long enough that
+            // the expected winners are evidently not bidding.
+            let ranked = plan
+                .get(&slot)
+                .and_then(|top| top.iter().find(|(n, _)| n == &self.cfg.id))
+                .map(|(_, s)| *s);
+            let escalate = now.since(first_seen) >= 2 * rebid;
+            if ranked.is_none() && !escalate {
+                continue;
+            }
+            // Safety: this node's real facts (instances still stopping, outstanding bids) decide
+            // whether it may bid at all.
+            let facts = self.my_facts(now);
+            let Some(real) = placement::score(&facts, spec, self.spread_view(spec)) else {
+                continue;
+            };
+            let score = ranked.unwrap_or(real);
+            let bid = Bid {
+                slot: slot.clone(),
+                epoch,
+                score,
+                node: self.cfg.id.clone(),
+            };
+            let entry = self.auction.open.get_mut(&slot).expect("inserted above");
             entry.my_bid = Some(bid.clone());
             entry.my_reservation = spec.resources;
             entry.bids.insert(self.cfg.id.clone(), bid.clone());
@@ -689,7 +950,10 @@ impl<R: Rng> Node<R> {
         }
         if !bids.is_empty() {
             self.counters.bids_sent += bids.len() as u64;
-            out.push(Output::Broadcast { topic: Topic::Bids, msg: Message::Bids(bids) });
+            out.push(Output::Broadcast {
+                topic: Topic::Bids,
+                msg: Message::Bids(bids),
+            });
         }
         // Close the windows of our own bids.
         let due: Vec<SlotId> = self
@@ -709,8 +973,21 @@ impl<R: Rng> Node<R> {
                 continue; // the winner claims; if it never does, we re-bid after `rebid_ms`
             }
             self.auction.open.remove(&slot);
-            let Some(rev) = self.state.services.get(&slot.service).and_then(|e| e.current()) else { continue };
-            let claim = Claim { epoch: win.epoch, score: win.score, node: self.cfg.id.clone(), released: false, revision: rev.stamp.clone() };
+            let Some(rev) = self
+                .state
+                .services
+                .get(&slot.service)
+                .and_then(|e| e.current())
+            else {
+                continue;
+            };
+            let claim = Claim {
+                epoch: win.epoch,
+                score: win.score,
+                node: self.cfg.id.clone(),
+                released: false,
+                revision: rev.stamp.clone(),
+            };
             self.counters.claims_won += 1;
             tracing::info!(slot = %slot, epoch = win.epoch, "slot placed");
             let delta = self.state.put_claim(&slot, claim);
@@ -722,7 +999,9 @@ impl<R: Rng> Node<R> {
     fn track_handovers(&mut self, now: Millis) {
         let mut keep = BTreeMap::new();
         for key in self.reconciler.instances.keys() {
-            let Some(c) = self.state.claims.get(&key.slot) else { continue };
+            let Some(c) = self.state.claims.get(&key.slot) else {
+                continue;
+            };
             if c.node != self.cfg.id && c.epoch > key.epoch {
                 keep.insert(key.clone(), self.handovers.get(key).copied().unwrap_or(now));
             }
@@ -734,24 +1013,35 @@ impl<R: Rng> Node<R> {
         if !self.reconciler.dirty {
             return;
         }
-        if self.last_report.is_some_and(|l| now.since(l) < self.cfg.timing.report_min_interval_ms) {
+        if self
+            .last_report
+            .is_some_and(|l| now.since(l) < self.cfg.timing.report_min_interval_ms)
+        {
             return;
         }
         self.reconciler.dirty = false;
         self.last_report = Some(now);
         self.report_seq += 1;
-        let report = NodeReport { instances: self.reconciler.report(|m| m.0), allocated: self.allocated(now) };
+        let report = NodeReport {
+            instances: self.reconciler.report(|m| m.0),
+            allocated: self.allocated(now),
+        };
         if self.state.report(&self.cfg.id) == Some(&report) {
             return;
         }
-        let delta = self.state.put_report(&self.cfg.id, report, (self.cfg.incarnation, self.report_seq));
+        let delta = self.state.put_report(
+            &self.cfg.id,
+            report,
+            (self.cfg.incarnation, self.report_seq),
+        );
         self.write(delta, out);
     }
 
     /// Why a slot of `spec` cannot be placed, judged from this node's view of every present
     /// node's advertised facts.
     pub fn explain(&self, now: Millis, slot: &SlotId, spec: &ServiceSpec) -> String {
-        let mut candidates: Vec<(NodeId, NodeFacts)> = vec![(self.cfg.id.clone(), self.my_facts(now))];
+        let mut candidates: Vec<(NodeId, NodeFacts)> =
+            vec![(self.cfg.id.clone(), self.my_facts(now))];
         for (id, p) in self.members.present() {
             if let Some(m) = &p.meta {
                 candidates.push((
@@ -770,7 +1060,10 @@ impl<R: Rng> Node<R> {
         }
         if let Some(until) = self.reconciler.excluded(slot, now) {
             if candidates.len() == 1 {
-                return format!("released after a crash loop; this node stays out of it for {}s more and no other node can take it", until.since(now) / 1000);
+                return format!(
+                    "released after a crash loop; this node stays out of it for {}s more and no other node can take it",
+                    until.since(now) / 1000
+                );
             }
         }
         let reasons: Vec<(NodeId, Ineligible)> = candidates
@@ -780,18 +1073,35 @@ impl<R: Rng> Node<R> {
         if reasons.len() < candidates.len() {
             return "waiting for the bid window to close".into();
         }
-        if let Some((_, Ineligible::Constraint(c))) = reasons.iter().find(|(_, r)| matches!(r, Ineligible::Constraint(_))) {
-            if reasons.iter().all(|(_, r)| matches!(r, Ineligible::Constraint(_))) {
+        if let Some((_, Ineligible::Constraint(c))) = reasons
+            .iter()
+            .find(|(_, r)| matches!(r, Ineligible::Constraint(_)))
+        {
+            if reasons
+                .iter()
+                .all(|(_, r)| matches!(r, Ineligible::Constraint(_)))
+            {
                 return format!("constraint {c} matches no alive node");
             }
         }
-        if reasons.iter().all(|(_, r)| matches!(r, Ineligible::NoDriver(_))) {
-            return format!("no alive node offers the {} runtime", placement::driver_name(spec.workload.driver()));
+        if reasons
+            .iter()
+            .all(|(_, r)| matches!(r, Ineligible::NoDriver(_)))
+        {
+            return format!(
+                "no alive node offers the {} runtime",
+                placement::driver_name(spec.workload.driver())
+            );
         }
-        if reasons.iter().all(|(_, r)| matches!(r, Ineligible::Draining)) {
+        if reasons
+            .iter()
+            .all(|(_, r)| matches!(r, Ineligible::Draining))
+        {
             return "every eligible node is draining".into();
         }
-        let best_cpu = candidates.iter().max_by_key(|(id, f)| (f.free().cpu_millis, id.clone()));
+        let best_cpu = candidates
+            .iter()
+            .max_by_key(|(id, f)| (f.free().cpu_millis, id.clone()));
         if let Some((id, f)) = best_cpu {
             if f.free().cpu_millis < spec.resources.cpu_millis {
                 return format!(
@@ -802,7 +1112,9 @@ impl<R: Rng> Node<R> {
                 );
             }
         }
-        let best_mem = candidates.iter().max_by_key(|(id, f)| (f.free().memory_bytes, id.clone()));
+        let best_mem = candidates
+            .iter()
+            .max_by_key(|(id, f)| (f.free().memory_bytes, id.clone()));
         if let Some((id, f)) = best_mem {
             if f.free().memory_bytes < spec.resources.memory_bytes {
                 return format!(
@@ -813,7 +1125,10 @@ impl<R: Rng> Node<R> {
                 );
             }
         }
-        let summary: Vec<String> = reasons.iter().map(|(id, r)| format!("{}: {r}", id.short())).collect();
+        let summary: Vec<String> = reasons
+            .iter()
+            .map(|(id, r)| format!("{}: {r}", id.short()))
+            .collect();
         format!("no node can host it ({})", summary.join("; "))
     }
 
@@ -822,7 +1137,12 @@ impl<R: Rng> Node<R> {
         let window = self.bid_window();
         self.open_slots(now)
             .into_iter()
-            .filter(|(slot, _)| self.auction.open.get(slot).is_none_or(|o| now.since(o.opened_at) >= window && o.my_bid.is_none()))
+            .filter(|(slot, _)| {
+                self.auction
+                    .open
+                    .get(slot)
+                    .is_none_or(|o| now.since(o.opened_at) >= window && o.my_bid.is_none())
+            })
             .filter_map(|(slot, _)| {
                 let spec = self.state.live_spec(&slot.service)?;
                 let reason = self.explain(now, &slot, spec);
@@ -846,7 +1166,9 @@ impl<R: Rng> Node<R> {
                     if c.node == self.cfg.id {
                         mine.get(&slot)
                     } else {
-                        self.state.report(&c.node).and_then(|r| r.instances.get(&slot))
+                        self.state
+                            .report(&c.node)
+                            .and_then(|r| r.instances.get(&slot))
                     }
                 });
                 let report = report.filter(|r| claim.is_some_and(|c| r.epoch == c.epoch));
@@ -860,7 +1182,9 @@ impl<R: Rng> Node<R> {
                     (Some(_), Some(r)) => r.state.as_str().to_string(),
                     (Some(_), None) => "unknown".to_string(),
                 };
-                let detail = report.and_then(|r| r.detail.clone()).or_else(|| pending.get(&slot).cloned());
+                let detail = report
+                    .and_then(|r| r.detail.clone())
+                    .or_else(|| pending.get(&slot).cloned());
                 rows.push(api::PsEntry {
                     service: name.0.clone(),
                     slot: index,
@@ -880,7 +1204,10 @@ impl<R: Rng> Node<R> {
     }
 
     fn status(&self, now: Millis) -> api::StatusView {
-        let mut members = api::MemberCounts { alive: 1, ..Default::default() };
+        let mut members = api::MemberCounts {
+            alive: 1,
+            ..Default::default()
+        };
         for p in self.members.peers.values() {
             match p.state {
                 PeerState::Alive => members.alive += 1,
@@ -901,17 +1228,30 @@ impl<R: Rng> Node<R> {
             agent_version: self.cfg.agent_version.clone(),
             digest: format!("{:016x}", self.state.digest()),
             services: self.state.live_services().count(),
-            slots: self.state.live_services().map(|(_, _, s)| s.replicas as usize).sum(),
+            slots: self
+                .state
+                .live_services()
+                .map(|(_, _, s)| s.replicas as usize)
+                .sum(),
             running,
             members,
             capacity: self.cfg.capacity.into(),
             allocated: self.allocated(now).into(),
-            runtimes: self.cfg.runtimes.iter().map(|d| placement::driver_name(*d).to_string()).collect(),
+            runtimes: self
+                .cfg
+                .runtimes
+                .iter()
+                .map(|d| placement::driver_name(*d).to_string())
+                .collect(),
             draining: self.state.draining(&self.cfg.id),
             unplaceable: self
                 .unplaceable(now)
                 .into_iter()
-                .map(|(slot, reason)| api::Unplaceable { service: slot.service.0, slot: slot.index, reason })
+                .map(|(slot, reason)| api::Unplaceable {
+                    service: slot.service.0,
+                    slot: slot.index,
+                    reason,
+                })
                 .collect(),
             counters: self.counters(),
             last_sync: BTreeMap::new(),
@@ -929,7 +1269,11 @@ impl<R: Rng> Node<R> {
             incarnation: self.cfg.incarnation,
             capacity: me.capacity.into(),
             allocated: me.allocated.into(),
-            runtimes: me.runtimes.iter().map(|d| placement::driver_name(*d).to_string()).collect(),
+            runtimes: me
+                .runtimes
+                .iter()
+                .map(|d| placement::driver_name(*d).to_string())
+                .collect(),
             draining: me.draining,
             last_heard: now.0,
             agent_version: Some(me.agent_version.clone()),
@@ -944,7 +1288,11 @@ impl<R: Rng> Node<R> {
                 incarnation: p.incarnation,
                 capacity: m.capacity.into(),
                 allocated: m.allocated.into(),
-                runtimes: m.runtimes.iter().map(|d| placement::driver_name(*d).to_string()).collect(),
+                runtimes: m
+                    .runtimes
+                    .iter()
+                    .map(|d| placement::driver_name(*d).to_string())
+                    .collect(),
                 draining: m.draining || self.state.draining(id),
                 last_heard: p.last_heard.0,
                 agent_version: p.meta.as_ref().map(|m| m.agent_version.clone()),
@@ -955,25 +1303,53 @@ impl<R: Rng> Node<R> {
     }
 }
 
+/// How many of the best-ranked nodes bid for each slot (the expected winner and backups).
+pub const BIDDERS_PER_SLOT: usize = 3;
+
 fn new_open(epoch: u64, now: Millis) -> OpenSlot {
-    OpenSlot { epoch, opened_at: now, bids: BTreeMap::new(), my_bid: None, my_reservation: Resources::default() }
+    OpenSlot {
+        epoch,
+        opened_at: now,
+        bids: BTreeMap::new(),
+        my_bid: None,
+        my_reservation: Resources::default(),
+        first_seen: now,
+    }
 }
 
 fn unknown_service(s: &ServiceName) -> ApiError {
-    ApiError::not_found(format!("no service {s}"), "see `shoal ps` for the services deployed")
+    ApiError::not_found(
+        format!("no service {s}"),
+        "see `shoal ps` for the services deployed",
+    )
 }
 
-fn find_revision<'a>(revs: impl Iterator<Item = &'a Revision>, to: &str) -> Result<&'a Revision, ApiError> {
+fn find_revision<'a>(
+    revs: impl Iterator<Item = &'a Revision>,
+    to: &str,
+) -> Result<&'a Revision, ApiError> {
     let revs: Vec<&Revision> = revs.collect();
     if let Some(r) = revs.iter().find(|r| r.id.0 == to) {
         return Ok(r);
     }
-    let by_seq: Vec<&&Revision> = revs.iter().filter(|r| r.id.0.split('.').next() == Some(to)).collect();
+    let by_seq: Vec<&&Revision> = revs
+        .iter()
+        .filter(|r| r.id.0.split('.').next() == Some(to))
+        .collect();
     match by_seq.as_slice() {
         [one] => Ok(one),
-        [] => Err(ApiError::not_found(format!("no revision {to} in the last {} revisions", revs.len()), "see `shoal history SERVICE` for revision ids")),
+        [] => Err(ApiError::not_found(
+            format!("no revision {to} in the last {} revisions", revs.len()),
+            "see `shoal history SERVICE` for revision ids",
+        )),
         many => Err(ApiError::invalid(
-            format!("revision {to} is ambiguous: {}", many.iter().map(|r| r.id.0.as_str()).collect::<Vec<_>>().join(", ")),
+            format!(
+                "revision {to} is ambiguous: {}",
+                many.iter()
+                    .map(|r| r.id.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
             "give the full revision id",
         )),
     }
@@ -998,7 +1374,9 @@ fn desired<'a>(
         if c.node != cfg.id || c.released {
             continue;
         }
-        let Some(entry) = state.services.get(&slot.service) else { continue };
+        let Some(entry) = state.services.get(&slot.service) else {
+            continue;
+        };
         let Some(rev) = entry.current() else { continue };
         let Some(spec) = rev.spec() else { continue };
         if slot.index >= spec.replicas {
@@ -1007,18 +1385,34 @@ fn desired<'a>(
         if fenced && spec.partition == PartitionMode::Majority {
             continue;
         }
-        d.insert(slot.clone(), Desired { key: InstanceKey { slot: slot.clone(), epoch: c.epoch }, revision: rev, spec });
+        d.insert(
+            slot.clone(),
+            Desired {
+                key: InstanceKey {
+                    slot: slot.clone(),
+                    epoch: c.epoch,
+                },
+                revision: rev,
+                spec,
+            },
+        );
     }
     for (key, since) in handovers {
         if d.contains_key(&key.slot) || now.since(*since) >= cfg.timing.handover_max_ms {
             continue;
         }
-        let Some(l) = reconciler.instances.get(key) else { continue };
+        let Some(l) = reconciler.instances.get(key) else {
+            continue;
+        };
         if !matches!(l.phase, reconcile::Phase::Running { .. }) {
             continue;
         }
-        let Some(c) = state.claims.get(&key.slot) else { continue };
-        let Some(entry) = state.services.get(&key.slot.service) else { continue };
+        let Some(c) = state.claims.get(&key.slot) else {
+            continue;
+        };
+        let Some(entry) = state.services.get(&key.slot.service) else {
+            continue;
+        };
         let Some(rev) = entry.current() else { continue };
         let Some(spec) = rev.spec() else { continue };
         if spec.partition == PartitionMode::Majority || key.slot.index >= spec.replicas {
@@ -1031,9 +1425,20 @@ fn desired<'a>(
             .is_some_and(|r| r.epoch >= c.epoch && r.state == InstanceState::Running);
         if new_owner_present && !new_owner_runs {
             // Keep the old instance at its own revision: do not replace what is being handed over.
-            let rev = l.rev_stamp.as_ref().and_then(|s| entry.history.get(s)).unwrap_or(rev);
+            let rev = l
+                .rev_stamp
+                .as_ref()
+                .and_then(|s| entry.history.get(s))
+                .unwrap_or(rev);
             let spec = rev.spec().unwrap_or(spec);
-            d.insert(key.slot.clone(), Desired { key: key.clone(), revision: rev, spec });
+            d.insert(
+                key.slot.clone(),
+                Desired {
+                    key: key.clone(),
+                    revision: rev,
+                    spec,
+                },
+            );
         }
     }
     d

@@ -56,12 +56,24 @@ pub struct Desired<'a> {
 
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Phase {
-    Starting { since: Millis },
-    Running { since: Millis },
+    Starting {
+        since: Millis,
+    },
+    Running {
+        since: Millis,
+    },
     /// Ended. `restart_at: None` means it will not be restarted.
-    Exited { at: Millis, exit: Option<ExitInfo>, restart_at: Option<Millis>, reason: String },
+    Exited {
+        at: Millis,
+        exit: Option<ExitInfo>,
+        restart_at: Option<Millis>,
+        reason: String,
+    },
     /// A stop command is in flight; `then_start` restarts it afterwards (revision change).
-    Stopping { since: Millis, then_start: bool },
+    Stopping {
+        since: Millis,
+        then_start: bool,
+    },
 }
 
 /// One instance this node runs or is starting or stopping.
@@ -88,7 +100,9 @@ impl Local {
             Phase::Starting { .. } => InstanceState::Starting,
             Phase::Running { .. } => InstanceState::Running,
             Phase::Stopping { .. } => InstanceState::Stopping,
-            Phase::Exited { exit, restart_at, .. } => {
+            Phase::Exited {
+                exit, restart_at, ..
+            } => {
                 let oom = exit.as_ref().is_some_and(|e| e.oom_killed);
                 match (restart_at, oom) {
                     (_, true) => InstanceState::OomKilled,
@@ -104,16 +118,22 @@ impl Local {
 
     fn since(&self) -> Millis {
         match &self.phase {
-            Phase::Starting { since } | Phase::Running { since } | Phase::Stopping { since, .. } => {
-                *since
-            }
+            Phase::Starting { since }
+            | Phase::Running { since }
+            | Phase::Stopping { since, .. } => *since,
             Phase::Exited { at, .. } => *at,
         }
     }
 
     /// Whether it still holds (or may hold again) resources on the node.
     pub fn holds_resources(&self) -> bool {
-        !matches!(self.phase, Phase::Exited { restart_at: None, .. })
+        !matches!(
+            self.phase,
+            Phase::Exited {
+                restart_at: None,
+                ..
+            }
+        )
     }
 }
 
@@ -161,14 +181,28 @@ impl Reconciler {
     }
 
     pub fn excluded(&self, slot: &SlotId, now: Millis) -> Option<Millis> {
-        self.exclusions.get(slot).copied().filter(|until| *until > now)
+        self.exclusions
+            .get(slot)
+            .copied()
+            .filter(|until| *until > now)
     }
 
     /// Folds a runtime event in.
-    pub fn on_event(&mut self, now: Millis, ev: RuntimeEvent, desired: &BTreeMap<SlotId, Desired<'_>>, out: &mut Vec<Effect>) {
+    pub fn on_event(
+        &mut self,
+        now: Millis,
+        ev: RuntimeEvent,
+        desired: &BTreeMap<SlotId, Desired<'_>>,
+        out: &mut Vec<Effect>,
+    ) {
         self.dirty = true;
         match ev {
-            RuntimeEvent::Started { key, revision, handle, endpoint } => {
+            RuntimeEvent::Started {
+                key,
+                revision,
+                handle,
+                endpoint,
+            } => {
                 if let Some(l) = self.instances.get_mut(&key) {
                     if matches!(l.phase, Phase::Starting { .. }) && l.revision == revision {
                         l.phase = Phase::Running { since: now };
@@ -185,11 +219,25 @@ impl Reconciler {
                     }
                 }
             }
-            RuntimeEvent::StartFailed { key, error, retryable } => {
+            RuntimeEvent::StartFailed {
+                key,
+                error,
+                retryable,
+            } => {
                 if let Some(l) = self.instances.get_mut(&key) {
                     if matches!(l.phase, Phase::Starting { .. }) {
                         let reason = format!("start failed: {error}");
-                        Self::failed(&self.timing, &mut self.exclusions, now, l, None, reason, retryable, desired, out);
+                        Self::failed(
+                            &self.timing,
+                            &mut self.exclusions,
+                            now,
+                            l,
+                            None,
+                            reason,
+                            retryable,
+                            desired,
+                            out,
+                        );
                     }
                 }
             }
@@ -197,7 +245,16 @@ impl Reconciler {
                 if let Some(l) = self.instances.get_mut(&key) {
                     if matches!(l.phase, Phase::Running { .. } | Phase::Starting { .. }) {
                         let reason = describe_exit(&exit);
-                        Self::exited(&self.timing, &mut self.exclusions, now, l, exit, reason, desired, out);
+                        Self::exited(
+                            &self.timing,
+                            &mut self.exclusions,
+                            now,
+                            l,
+                            exit,
+                            reason,
+                            desired,
+                            out,
+                        );
                     }
                 }
             }
@@ -243,7 +300,16 @@ impl Reconciler {
                     (Phase::Running { .. }, ObservedStatus::Exited(exit)) => {
                         let reason = describe_exit(exit);
                         let exit = exit.clone();
-                        Self::exited(&self.timing, &mut self.exclusions, now, l, exit, reason, desired, out);
+                        Self::exited(
+                            &self.timing,
+                            &mut self.exclusions,
+                            now,
+                            l,
+                            exit,
+                            reason,
+                            desired,
+                            out,
+                        );
                     }
                     (Phase::Running { .. }, ObservedStatus::Running) => {
                         l.handle = Some(o.handle.clone());
@@ -267,9 +333,11 @@ impl Reconciler {
                         },
                     };
                     let (resources, grace_ms, rev_stamp) = match d {
-                        Some(d) if d.revision.id == o.revision => {
-                            (d.spec.resources, d.spec.stop_grace_ms, Some(d.revision.stamp.clone()))
-                        }
+                        Some(d) if d.revision.id == o.revision => (
+                            d.spec.resources,
+                            d.spec.stop_grace_ms,
+                            Some(d.revision.stamp.clone()),
+                        ),
                         Some(d) => (d.spec.resources, d.spec.stop_grace_ms, None),
                         None => (Resources::default(), 10_000, None),
                     };
@@ -305,8 +373,21 @@ impl Reconciler {
             .collect();
         for key in vanished {
             if let Some(l) = self.instances.get_mut(&key) {
-                let exit = ExitInfo { code: None, signal: None, oom_killed: false };
-                Self::exited(&self.timing, &mut self.exclusions, now, l, exit, "vanished from the runtime".into(), desired, out);
+                let exit = ExitInfo {
+                    code: None,
+                    signal: None,
+                    oom_killed: false,
+                };
+                Self::exited(
+                    &self.timing,
+                    &mut self.exclusions,
+                    now,
+                    l,
+                    exit,
+                    "vanished from the runtime".into(),
+                    desired,
+                    out,
+                );
             }
         }
         // Stopping instances the runtime no longer has: the stop is done.
@@ -326,10 +407,18 @@ impl Reconciler {
         desired: &BTreeMap<SlotId, Desired<'_>>,
         out: &mut Vec<Effect>,
     ) {
-        let policy = desired.get(&l.key.slot).filter(|d| d.key == l.key).map(|d| d.spec.restart);
+        let policy = desired
+            .get(&l.key.slot)
+            .filter(|d| d.key == l.key)
+            .map(|d| d.spec.restart);
         let Some(policy) = policy else {
             // Not desired any more: it will be removed by `step`.
-            l.phase = Phase::Exited { at: now, exit: Some(exit), restart_at: None, reason };
+            l.phase = Phase::Exited {
+                at: now,
+                exit: Some(exit),
+                restart_at: None,
+                reason,
+            };
             return;
         };
         let restart = match policy.mode {
@@ -338,10 +427,25 @@ impl Reconciler {
             RestartMode::Never => false,
         };
         if !restart {
-            l.phase = Phase::Exited { at: now, exit: Some(exit), restart_at: None, reason };
+            l.phase = Phase::Exited {
+                at: now,
+                exit: Some(exit),
+                restart_at: None,
+                reason,
+            };
             return;
         }
-        Self::failed(timing, exclusions, now, l, Some(exit), reason, true, desired, out);
+        Self::failed(
+            timing,
+            exclusions,
+            now,
+            l,
+            Some(exit),
+            reason,
+            true,
+            desired,
+            out,
+        );
     }
 
     /// An exit or failed start that the policy wants restarted: back off, or give the slot up
@@ -359,12 +463,21 @@ impl Reconciler {
         out: &mut Vec<Effect>,
     ) {
         let Some(d) = desired.get(&l.key.slot).filter(|d| d.key == l.key) else {
-            l.phase = Phase::Exited { at: now, exit, restart_at: None, reason };
+            l.phase = Phase::Exited {
+                at: now,
+                exit,
+                restart_at: None,
+                reason,
+            };
             return;
         };
         let window = d.spec.restart.window_ms;
         l.recent_failures.push_back(now);
-        while l.recent_failures.front().is_some_and(|t| now.since(*t) > window) {
+        while l
+            .recent_failures
+            .front()
+            .is_some_and(|t| now.since(*t) > window)
+        {
             l.recent_failures.pop_front();
         }
         // Bound the queue whatever the policy says.
@@ -373,22 +486,42 @@ impl Reconciler {
         }
         if !retryable || l.recent_failures.len() as u32 > d.spec.restart.max_restarts {
             let why = if retryable {
-                format!("{reason}; released after {} failures within {}s", l.recent_failures.len(), window / 1000)
+                format!(
+                    "{reason}; released after {} failures within {}s",
+                    l.recent_failures.len(),
+                    window / 1000
+                )
             } else {
                 format!("{reason}; released (retrying cannot help here)")
             };
-            l.phase = Phase::Exited { at: now, exit, restart_at: None, reason: why };
+            l.phase = Phase::Exited {
+                at: now,
+                exit,
+                restart_at: None,
+                reason: why,
+            };
             exclusions.insert(l.key.slot.clone(), now.plus(timing.crash_exclusion_ms));
             out.push(Effect::Release(l.key.slot.clone()));
             return;
         }
         let delay = l.backoff_ms;
         l.backoff_ms = (l.backoff_ms.saturating_mul(2)).min(timing.backoff_max_ms);
-        l.phase = Phase::Exited { at: now, exit, restart_at: Some(now.plus(delay)), reason };
+        l.phase = Phase::Exited {
+            at: now,
+            exit,
+            restart_at: Some(now.plus(delay)),
+            reason,
+        };
     }
 
     /// Compares desired with actual and emits the commands that close the gap.
-    pub fn step(&mut self, now: Millis, owner: &Owner, desired: &BTreeMap<SlotId, Desired<'_>>, out: &mut Vec<Effect>) {
+    pub fn step(
+        &mut self,
+        now: Millis,
+        owner: &Owner,
+        desired: &BTreeMap<SlotId, Desired<'_>>,
+        out: &mut Vec<Effect>,
+    ) {
         self.exclusions.retain(|_, until| *until > now);
         // 1. Stop what is not desired (reclaim, scale down, moved on) or runs an old revision.
         let keys: Vec<InstanceKey> = self.instances.keys().cloned().collect();
@@ -403,13 +536,28 @@ impl Reconciler {
                         driver: l.driver,
                         grace_ms: l.grace_ms,
                     }));
-                    l.phase = Phase::Stopping { since: now, then_start: false };
+                    l.phase = Phase::Stopping {
+                        since: now,
+                        then_start: false,
+                    };
                     self.dirty = true;
                 }
-                (Phase::Exited { restart_at: None, .. }, Some(d)) if l.rev_stamp.as_ref() != Some(&d.revision.stamp) => {
+                (
+                    Phase::Exited {
+                        restart_at: None, ..
+                    },
+                    Some(d),
+                ) if l.rev_stamp.as_ref() != Some(&d.revision.stamp) => {
                     // A finished instance and a new revision: remove it so the new one starts.
-                    out.push(Effect::Runtime(RuntimeCommand::Stop { key: key.clone(), driver: l.driver, grace_ms: 0 }));
-                    l.phase = Phase::Stopping { since: now, then_start: true };
+                    out.push(Effect::Runtime(RuntimeCommand::Stop {
+                        key: key.clone(),
+                        driver: l.driver,
+                        grace_ms: 0,
+                    }));
+                    l.phase = Phase::Stopping {
+                        since: now,
+                        then_start: true,
+                    };
                     self.dirty = true;
                 }
                 (_, Some(d)) if l.rev_stamp.as_ref() != Some(&d.revision.stamp) => {
@@ -422,7 +570,10 @@ impl Reconciler {
                         driver: l.driver,
                         grace_ms: l.grace_ms,
                     }));
-                    l.phase = Phase::Stopping { since: now, then_start: true };
+                    l.phase = Phase::Stopping {
+                        since: now,
+                        then_start: true,
+                    };
                     self.dirty = true;
                 }
                 (Phase::Running { since }, Some(_)) => {
@@ -441,12 +592,18 @@ impl Reconciler {
             }
             match self.instances.get_mut(&d.key) {
                 Some(l) => {
-                    if let Phase::Exited { restart_at: Some(at), .. } = l.phase {
+                    if let Phase::Exited {
+                        restart_at: Some(at),
+                        ..
+                    } = l.phase
+                    {
                         if at <= now {
                             l.restarts += 1;
                             l.phase = Phase::Starting { since: now };
                             l.detail = None;
-                            out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(owner, d))));
+                            out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(
+                                owner, d,
+                            ))));
                             self.dirty = true;
                         }
                     }
@@ -474,7 +631,9 @@ impl Reconciler {
                             backoff_ms: self.timing.backoff_initial_ms,
                         },
                     );
-                    out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(owner, d))));
+                    out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(
+                        owner, d,
+                    ))));
                     self.dirty = true;
                 }
             }

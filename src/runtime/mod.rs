@@ -100,9 +100,18 @@ pub enum ObservedStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeEvent {
     /// A `Start` command succeeded.
-    Started { key: InstanceKey, revision: RevisionId, handle: Handle, endpoint: Option<String> },
+    Started {
+        key: InstanceKey,
+        revision: RevisionId,
+        handle: Handle,
+        endpoint: Option<String>,
+    },
     /// A `Start` command failed. `retryable` says whether trying again can help.
-    StartFailed { key: InstanceKey, error: String, retryable: bool },
+    StartFailed {
+        key: InstanceKey,
+        error: String,
+        retryable: bool,
+    },
     /// Progress of a slow start (image pull): shown in `shoal ps`, e.g. `pulling 45%`.
     Progress { key: InstanceKey, status: String },
     /// An instance ended on its own (or was killed from outside).
@@ -112,7 +121,10 @@ pub enum RuntimeEvent {
     /// A `Stop` command failed.
     StopFailed { key: InstanceKey, error: String },
     /// The complete list of this node's instances on one driver (truth; repairs lost events).
-    Listed { driver: DriverKind, instances: Vec<Observed> },
+    Listed {
+        driver: DriverKind,
+        instances: Vec<Observed>,
+    },
 }
 
 /// What the core asks of the runtime, delivered through a bounded queue to a worker so that a
@@ -121,9 +133,15 @@ pub enum RuntimeEvent {
 pub enum RuntimeCommand {
     Start(InstanceSpec),
     /// Stop with the grace period (SIGTERM / docker stop), then kill, then remove.
-    Stop { key: InstanceKey, driver: DriverKind, grace_ms: u64 },
+    Stop {
+        key: InstanceKey,
+        driver: DriverKind,
+        grace_ms: u64,
+    },
     /// List every instance of this node on the driver (answered with `RuntimeEvent::Listed`).
-    List { driver: DriverKind },
+    List {
+        driver: DriverKind,
+    },
 }
 
 /// A driver failure. Each variant says whether retrying can help.

@@ -94,7 +94,10 @@ impl Crdt for ServiceEntry {
         for (stamp, rev) in &other.history {
             // An entry older than everything we keep, with a full history, would be trimmed again.
             if self.history.len() >= HISTORY_LEN
-                && self.history.first_key_value().is_some_and(|(oldest, _)| stamp < oldest)
+                && self
+                    .history
+                    .first_key_value()
+                    .is_some_and(|(oldest, _)| stamp < oldest)
             {
                 continue;
             }
@@ -269,9 +272,20 @@ impl ClusterState {
     }
 
     /// Writes this node's report; returns the delta.
-    pub fn put_report(&mut self, node: &NodeId, report: NodeReport, marker: ReportMarker) -> ClusterState {
+    pub fn put_report(
+        &mut self,
+        node: &NodeId,
+        report: NodeReport,
+        marker: ReportMarker,
+    ) -> ClusterState {
         let mut delta = ClusterState::default();
-        delta.reports.insert(node.clone(), LWWReg { val: report, marker });
+        delta.reports.insert(
+            node.clone(),
+            LWWReg {
+                val: report,
+                marker,
+            },
+        );
         self.merge(&delta);
         delta
     }
@@ -340,7 +354,9 @@ impl Crdt for ClusterState {
         }
         for (name, entry) in &other.services {
             let mut incoming = entry.clone();
-            incoming.history.retain(|stamp, _| !self.buried(name, stamp));
+            incoming
+                .history
+                .retain(|stamp, _| !self.buried(name, stamp));
             if incoming.history.is_empty() {
                 continue;
             }
@@ -435,9 +451,14 @@ pub(crate) mod tests {
     pub fn spec(name: &str, replicas: u32) -> ServiceSpec {
         ServiceSpec {
             name: ServiceName(name.into()),
-            workload: Workload::Command { command: vec!["sleep".into(), "1000".into()] },
+            workload: Workload::Command {
+                command: vec!["sleep".into(), "1000".into()],
+            },
             replicas,
-            resources: Resources { cpu_millis: 100, memory_bytes: 64 << 20 },
+            resources: Resources {
+                cpu_millis: 100,
+                memory_bytes: 64 << 20,
+            },
             ports: vec![],
             env: Default::default(),
             constraints: vec![],
@@ -456,7 +477,11 @@ pub(crate) mod tests {
     // Generators respect real invariants: a stamp (wall, logical, node) is unique per write, so a
     // stamp always maps to the same revision content (derived from the stamp here).
     fn stamp() -> impl Strategy<Value = Hlc> {
-        (0u64..50, 0u32..3, 0u8..4).prop_map(|(w, l, n)| Hlc { wall_ms: w, logical: l, node: node(n) })
+        (0u64..50, 0u32..3, 0u8..4).prop_map(|(w, l, n)| Hlc {
+            wall_ms: w,
+            logical: l,
+            node: node(n),
+        })
     }
 
     fn revision_for(name: &str, stamp: Hlc) -> Revision {
@@ -465,17 +490,23 @@ pub(crate) mod tests {
         } else {
             RevisionBody::Spec(spec(name, (stamp.wall_ms % 5) as u32))
         };
-        Revision { id: RevisionId(format!("{}.{:04x}", stamp.wall_ms, stamp.logical)), stamp, body }
+        Revision {
+            id: RevisionId(format!("{}.{:04x}", stamp.wall_ms, stamp.logical)),
+            stamp,
+            body,
+        }
     }
 
     fn claim() -> impl Strategy<Value = Claim> {
-        (0u64..4, 0u64..3, 0u8..4, any::<bool>(), stamp()).prop_map(|(epoch, score, n, released, revision)| Claim {
-            epoch,
-            score,
-            node: node(n),
-            released,
-            revision,
-        })
+        (0u64..4, 0u64..3, 0u8..4, any::<bool>(), stamp()).prop_map(
+            |(epoch, score, n, released, revision)| Claim {
+                epoch,
+                score,
+                node: node(n),
+                released,
+                revision,
+            },
+        )
     }
 
     fn state() -> impl Strategy<Value = ClusterState> {
@@ -499,7 +530,10 @@ pub(crate) mod tests {
                     // Marker content is a function of the marker: one writer, unique markers.
                     let report = NodeReport {
                         instances: BTreeMap::new(),
-                        allocated: Resources { cpu_millis: inc * 10 + seq, memory_bytes: 0 },
+                        allocated: Resources {
+                            cpu_millis: inc * 10 + seq,
+                            memory_bytes: 0,
+                        },
                     };
                     s.put_report(&node(n), report, (inc, seq));
                 }
@@ -569,8 +603,16 @@ pub(crate) mod tests {
     #[test]
     fn last_writer_wins_and_history_keeps_both_concurrent_revisions() {
         let web = ServiceName("web".into());
-        let a = Hlc { wall_ms: 10, logical: 0, node: node(1) };
-        let b = Hlc { wall_ms: 10, logical: 0, node: node(2) };
+        let a = Hlc {
+            wall_ms: 10,
+            logical: 0,
+            node: node(1),
+        };
+        let b = Hlc {
+            wall_ms: 10,
+            logical: 0,
+            node: node(2),
+        };
         let mut s1 = ClusterState::default();
         s1.put_revision(&web, revision_for("web", a.clone()));
         let mut s2 = ClusterState::default();
@@ -587,7 +629,17 @@ pub(crate) mod tests {
         let web = ServiceName("web".into());
         let mut s = ClusterState::default();
         for w in 1..=15 {
-            s.put_revision(&web, revision_for("web", Hlc { wall_ms: w, logical: 0, node: node(1) }));
+            s.put_revision(
+                &web,
+                revision_for(
+                    "web",
+                    Hlc {
+                        wall_ms: w,
+                        logical: 0,
+                        node: node(1),
+                    },
+                ),
+            );
         }
         let h = &s.services[&web].history;
         assert_eq!(h.len(), HISTORY_LEN);
@@ -598,13 +650,27 @@ pub(crate) mod tests {
     fn compacted_tombstone_cannot_be_resurrected_by_an_old_peer() {
         let web = ServiceName("web".into());
         let mut old_peer = ClusterState::default();
-        old_peer.put_revision(&web, revision_for("web", Hlc { wall_ms: 1, logical: 0, node: node(1) }));
+        old_peer.put_revision(
+            &web,
+            revision_for(
+                "web",
+                Hlc {
+                    wall_ms: 1,
+                    logical: 0,
+                    node: node(1),
+                },
+            ),
+        );
         let mut s = old_peer.clone();
         s.put_revision(
             &web,
             Revision {
                 id: RevisionId("2.0000".into()),
-                stamp: Hlc { wall_ms: 2, logical: 0, node: node(1) },
+                stamp: Hlc {
+                    wall_ms: 2,
+                    logical: 0,
+                    node: node(1),
+                },
                 body: RevisionBody::Deleted,
             },
         );
@@ -623,7 +689,17 @@ pub(crate) mod tests {
         let mut a = ClusterState::default();
         let mut b = ClusterState::default();
         assert_eq!(a.digest(), b.digest());
-        a.put_revision(&web, revision_for("web", Hlc { wall_ms: 1, logical: 0, node: node(1) }));
+        a.put_revision(
+            &web,
+            revision_for(
+                "web",
+                Hlc {
+                    wall_ms: 1,
+                    logical: 0,
+                    node: node(1),
+                },
+            ),
+        );
         assert_ne!(a.digest(), b.digest());
         b.merge(&a);
         assert_eq!(a.digest(), b.digest());

@@ -38,13 +38,18 @@ pub mod laws {
             return Err(format!("not commutative:\n a⊔b = {ab:?}\n b⊔a = {ba:?}"));
         }
         if ab_changed != (&ab != a) {
-            return Err(format!("merge returned {ab_changed} but the value {} change", if &ab != a { "did" } else { "did not" }));
+            return Err(format!(
+                "merge returned {ab_changed} but the value {} change",
+                if &ab != a { "did" } else { "did not" }
+            ));
         }
         let (ab_c, _) = join(&ab, c);
         let (bc, _) = join(b, c);
         let (a_bc, _) = join(a, &bc);
         if ab_c != a_bc {
-            return Err(format!("not associative:\n (a⊔b)⊔c = {ab_c:?}\n a⊔(b⊔c) = {a_bc:?}"));
+            return Err(format!(
+                "not associative:\n (a⊔b)⊔c = {ab_c:?}\n a⊔(b⊔c) = {a_bc:?}"
+            ));
         }
         let (aa, aa_changed) = join(a, a);
         if &aa != a || aa_changed {

@@ -33,7 +33,12 @@ pub struct HlcClock {
 
 impl HlcClock {
     pub fn new(node: NodeId) -> HlcClock {
-        HlcClock { node, wall_ms: 0, logical: 0, skewed_stamps_seen: 0 }
+        HlcClock {
+            node,
+            wall_ms: 0,
+            logical: 0,
+            skewed_stamps_seen: 0,
+        }
     }
 
     /// A new stamp for a local event at `now`: greater than every stamp issued or observed.
@@ -44,7 +49,11 @@ impl HlcClock {
         } else {
             self.bump_logical();
         }
-        Hlc { wall_ms: self.wall_ms, logical: self.logical, node: self.node.clone() }
+        Hlc {
+            wall_ms: self.wall_ms,
+            logical: self.logical,
+            node: self.node.clone(),
+        }
     }
 
     /// Folds a remote stamp in, so later local stamps order after it.
@@ -93,7 +102,11 @@ mod tests {
     #[test]
     fn a_stamp_after_observing_a_remote_one_orders_after_it() {
         let mut c = HlcClock::new(n("a"));
-        let remote = Hlc { wall_ms: 5000, logical: 7, node: n("b") };
+        let remote = Hlc {
+            wall_ms: 5000,
+            logical: 7,
+            node: n("b"),
+        };
         c.observe(Millis(1000), &remote);
         let s = c.stamp(Millis(1000));
         assert!(s > remote);
@@ -103,7 +116,14 @@ mod tests {
     #[test]
     fn far_future_remote_stamps_are_counted_as_skew() {
         let mut c = HlcClock::new(n("a"));
-        c.observe(Millis(0), &Hlc { wall_ms: 10_000_000, logical: 0, node: n("b") });
+        c.observe(
+            Millis(0),
+            &Hlc {
+                wall_ms: 10_000_000,
+                logical: 0,
+                node: n("b"),
+            },
+        );
         assert_eq!(c.skewed_stamps_seen, 1);
     }
 

@@ -4,6 +4,8 @@
 //! sans-IO core (`membership`, `state`, `placement`, `reconcile`, `node`) and an IO shell around
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
+pub mod agent;
+pub mod cli;
 pub mod ids;
 pub mod node;
 pub mod placement;

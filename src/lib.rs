@@ -13,3 +13,5 @@ pub mod reconcile;
 pub mod runtime;
 pub mod spec;
 pub mod state;
+pub mod store;
+pub mod wire;

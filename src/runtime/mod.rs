@@ -5,6 +5,9 @@
 //! adoption and reclaim decisions live in `reconcile/` (sans-IO); the agent shell turns
 //! `RuntimeCommand`s into calls on a driver and driver observations into `RuntimeEvent`s.
 
+pub mod conformance;
+pub mod fake;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 

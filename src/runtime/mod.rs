@@ -7,6 +7,7 @@
 
 pub mod conformance;
 pub mod fake;
+pub mod process;
 
 use std::collections::BTreeMap;
 use std::future::Future;

@@ -573,7 +573,8 @@ fn rotate_log(path: &Path, max: u64, kept: u64) -> io::Result<bool> {
     }
     let mut rotated = path.as_os_str().to_owned();
     rotated.push(".1");
-    let tmp = PathBuf::from(format!("{}.tmp", Path::new(&rotated).display()));
+    let mut tmp = rotated.clone();
+    tmp.push(".tmp");
     std::fs::write(&tmp, &tail)?;
     std::fs::rename(&tmp, &rotated)?;
     file.set_len(0)?;
@@ -1245,6 +1246,37 @@ mod tests {
         assert!(matches!(listed[0].status, ObservedStatus::Exited(_)));
         second.stop(&key, 0).await.unwrap();
         assert!(second.list().await.unwrap().is_empty());
+    }
+
+    #[tokio::test]
+    async fn exit_of_a_child_started_before_watch_is_reported_once_watched() {
+        let h = Harness::new();
+        let driver = h.driver(owner());
+        let key = conformance::key("early");
+        let spec = h.fixture(owner()).exits_with(key.clone(), 5);
+        driver.start(&spec, &progress()).await.unwrap();
+        let deadline = Instant::now() + Duration::from_secs(20);
+        while driver.list().await.unwrap()[0].status == ObservedStatus::Running {
+            assert!(Instant::now() < deadline, "{key} never exited");
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+
+        let (tx, mut rx) = mpsc::channel(8);
+        driver.watch(tx).await.unwrap();
+        let event = tokio::time::timeout(Duration::from_secs(20), rx.recv()).await;
+        let exit = ExitInfo {
+            code: Some(5),
+            signal: None,
+            oom_killed: false,
+        };
+        assert_eq!(
+            event.unwrap(),
+            Some(RuntimeEvent::Exited {
+                key: key.clone(),
+                exit
+            })
+        );
+        driver.stop(&key, 0).await.unwrap();
     }
 
     #[tokio::test]

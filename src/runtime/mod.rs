@@ -5,6 +5,10 @@
 //! adoption and reclaim decisions live in `reconcile/` (sans-IO); the agent shell turns
 //! `RuntimeCommand`s into calls on a driver and driver observations into `RuntimeEvent`s.
 
+pub mod conformance;
+pub mod fake;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 

@@ -13,7 +13,11 @@ fn instance(agent: &Agent) -> Option<(u32, String, u64)> {
     if row["state"] != "running" {
         return None;
     }
-    Some((row["pid"].as_u64()? as u32, row["endpoint"].as_str()?.to_string(), row["restarts"].as_u64()?))
+    Some((
+        row["pid"].as_u64()? as u32,
+        row["endpoint"].as_str()?.to_string(),
+        row["restarts"].as_u64()?,
+    ))
 }
 
 #[test]
@@ -27,9 +31,13 @@ fn deploy_restart_adopt_and_remove_on_one_node() {
     let out = agent.json(&["deploy", "-f", example]);
     assert_eq!(out[0]["service"], "hello");
     assert_eq!(out[0]["changed"], true);
-    let (pid, endpoint, restarts) = wait_for("hello running", Duration::from_secs(30), || instance(&agent));
+    let (pid, endpoint, restarts) = wait_for("hello running", Duration::from_secs(30), || {
+        instance(&agent)
+    });
     assert_eq!(restarts, 0);
-    let status = wait_for("hello answering HTTP", Duration::from_secs(30), || http_get(&endpoint));
+    let status = wait_for("hello answering HTTP", Duration::from_secs(30), || {
+        http_get(&endpoint)
+    });
     assert!(status.contains("200"), "{status}");
 
     // Kill the instance: it is restarted (new pid), per its policy.
@@ -38,13 +46,19 @@ fn deploy_restart_adopt_and_remove_on_one_node() {
         instance(&agent).filter(|(p, _, _)| *p != pid)
     });
     assert!(restarts2 >= 1);
-    wait_for("restarted hello answering HTTP", Duration::from_secs(30), || http_get(&endpoint2));
+    wait_for(
+        "restarted hello answering HTTP",
+        Duration::from_secs(30),
+        || http_get(&endpoint2),
+    );
 
     // Restart the agent: the instance keeps running and is adopted with the same pid.
     agent.stop();
     assert!(alive(pid2), "the instance must survive the agent's restart");
     agent.start();
-    let (pid3, _, _) = wait_for("hello adopted", Duration::from_secs(30), || instance(&agent));
+    let (pid3, _, _) = wait_for("hello adopted", Duration::from_secs(30), || {
+        instance(&agent)
+    });
     assert_eq!(pid3, pid2, "adopted, not restarted");
 
     // A malformed spec fails naming the line, and changes nothing.
@@ -60,7 +74,9 @@ fn deploy_restart_adopt_and_remove_on_one_node() {
 
     // Remove: the process is gone.
     agent.ok(&["rm", "hello"]);
-    wait_for("hello stopped", Duration::from_secs(30), || (!alive(pid2)).then_some(()));
+    wait_for("hello stopped", Duration::from_secs(30), || {
+        (!alive(pid2)).then_some(())
+    });
     let ps = agent.json(&["ps"]);
     assert_eq!(ps.as_array().unwrap().len(), 0, "{ps}");
     agent.stop();

@@ -3,7 +3,13 @@
 
 use std::path::Path;
 
-const CORE: &[&str] = &["src/membership", "src/state", "src/placement", "src/reconcile", "src/node"];
+const CORE: &[&str] = &[
+    "src/membership",
+    "src/state",
+    "src/placement",
+    "src/reconcile",
+    "src/node",
+];
 
 const FORBIDDEN: &[(&str, &str)] = &[
     ("Instant::now", "reads a clock"),
@@ -22,7 +28,9 @@ const FORBIDDEN: &[(&str, &str)] = &[
 ];
 
 fn rust_files(dir: &Path, out: &mut Vec<std::path::PathBuf>) {
-    let Ok(entries) = std::fs::read_dir(dir) else { return };
+    let Ok(entries) = std::fs::read_dir(dir) else {
+        return;
+    };
     for e in entries.flatten() {
         let p = e.path();
         if p.is_dir() {
@@ -48,12 +56,20 @@ fn the_core_performs_no_io_reads_no_clock_and_draws_no_os_randomness() {
             let code = line.split("//").next().unwrap_or("");
             for (pat, what) in FORBIDDEN {
                 if code.contains(pat) {
-                    violations.push(format!("{}:{}: {what} ({pat})", f.strip_prefix(root).unwrap().display(), n + 1));
+                    violations.push(format!(
+                        "{}:{}: {what} ({pat})",
+                        f.strip_prefix(root).unwrap().display(),
+                        n + 1
+                    ));
                 }
             }
         }
     }
-    assert!(violations.is_empty(), "the sans-IO core must stay pure:\n{}", violations.join("\n"));
+    assert!(
+        violations.is_empty(),
+        "the sans-IO core must stay pure:\n{}",
+        violations.join("\n")
+    );
 }
 
 #[test]
@@ -63,8 +79,16 @@ fn every_source_file_opens_with_a_doc_comment() {
     rust_files(&root.join("src"), &mut files);
     let missing: Vec<String> = files
         .iter()
-        .filter(|f| !std::fs::read_to_string(f).unwrap().trim_start().starts_with("//!"))
+        .filter(|f| {
+            !std::fs::read_to_string(f)
+                .unwrap()
+                .trim_start()
+                .starts_with("//!")
+        })
         .map(|f| f.strip_prefix(root).unwrap().display().to_string())
         .collect();
-    assert!(missing.is_empty(), "files without a leading //! doc: {missing:?}");
+    assert!(
+        missing.is_empty(),
+        "files without a leading //! doc: {missing:?}"
+    );
 }

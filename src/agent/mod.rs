@@ -48,7 +48,9 @@ pub fn run(args: config::AgentArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
-    let builder = tracing_subscriber::fmt().with_env_filter(filter).with_writer(std::io::stderr);
+    let builder = tracing_subscriber::fmt()
+        .with_env_filter(filter)
+        .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
         LogFormat::Json => builder.json().try_init(),
@@ -66,12 +68,20 @@ pub struct Clock {
 
 impl Clock {
     pub fn new(offset_ms: i64) -> Clock {
-        let wall = SystemTime::now().duration_since(UNIX_EPOCH).map(|d| d.as_millis() as u64).unwrap_or(0);
-        Clock { start: Instant::now(), start_wall_ms: wall, offset_ms }
+        let wall = SystemTime::now()
+            .duration_since(UNIX_EPOCH)
+            .map(|d| d.as_millis() as u64)
+            .unwrap_or(0);
+        Clock {
+            start: Instant::now(),
+            start_wall_ms: wall,
+            offset_ms,
+        }
     }
 
     pub fn now(&self) -> Millis {
-        let ms = self.start_wall_ms as i64 + self.start.elapsed().as_millis() as i64 + self.offset_ms;
+        let ms =
+            self.start_wall_ms as i64 + self.start.elapsed().as_millis() as i64 + self.offset_ms;
         Millis(ms.max(0) as u64)
     }
 
@@ -85,7 +95,9 @@ impl Clock {
 /// CPU millicores and memory bytes this machine offers: the available parallelism (which honours
 /// CPU quotas and affinity) and the physical memory clamped by the cgroup limit.
 pub fn measure_capacity() -> Resources {
-    let cpus = std::thread::available_parallelism().map(|n| n.get() as u64).unwrap_or(1);
+    let cpus = std::thread::available_parallelism()
+        .map(|n| n.get() as u64)
+        .unwrap_or(1);
     let mut memory = 0;
     if let Ok(mut sys) = sysinfo::System::new() {
         sys.refresh_memory();
@@ -96,7 +108,10 @@ pub fn measure_capacity() -> Resources {
             }
         }
     }
-    Resources { cpu_millis: cpus * 1000, memory_bytes: memory }
+    Resources {
+        cpu_millis: cpus * 1000,
+        memory_bytes: memory,
+    }
 }
 
 fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
@@ -131,7 +146,10 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         cpu_millis: cfg.cpu_millis.unwrap_or(measured.cpu_millis),
         memory_bytes: cfg.memory_bytes.unwrap_or(measured.memory_bytes),
     };
-    let owner = crate::runtime::Owner { cluster: identity.cluster_id.clone(), node: identity.node.clone() };
+    let owner = crate::runtime::Owner {
+        cluster: identity.cluster_id.clone(),
+        node: identity.node.clone(),
+    };
     let advertise_host = advertise_host(&cfg);
     let drivers = Drivers::detect(&cfg, owner, advertise_host).await?;
     let runtimes: BTreeSet<DriverKind> = drivers.kinds();
@@ -167,14 +185,25 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     })?;
     let (api_tx, mut api_rx) = mpsc::channel::<ApiCall>(64);
     let (stop_api_tx, stop_api_rx) = oneshot::channel::<()>();
-    let logs = Arc::new(AgentLogs { calls: api_tx.clone(), drivers: drivers.clone(), me: identity.node.clone() });
-    let api_task = tokio::spawn(crate::api::serve(listener, token, api_tx, logs, async move {
-        let _ = stop_api_rx.await;
-    }));
+    let logs = Arc::new(AgentLogs {
+        calls: api_tx.clone(),
+        drivers: drivers.clone(),
+        me: identity.node.clone(),
+    });
+    let api_task = tokio::spawn(crate::api::serve(
+        listener,
+        token,
+        api_tx,
+        logs,
+        async move {
+            let _ = stop_api_rx.await;
+        },
+    ));
     info!(api = %cfg.api, "api listening");
 
     let mut shutdown = Box::pin(shutdown_signal());
-    let mut pending: BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)> = BTreeMap::new();
+    let mut pending: BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)> =
+        BTreeMap::new();
     let mut next_id = 0u64;
     let mut out = Vec::new();
     loop {
@@ -219,7 +248,9 @@ fn execute(
                 }
             }
             Output::Reply { id, result } => {
-                let Some((is_write, reply)) = pending.remove(&id) else { continue };
+                let Some((is_write, reply)) = pending.remove(&id) else {
+                    continue;
+                };
                 let result = match (&persist_failed, is_write) {
                     (Some(e), true) => Err(ApiError {
                         kind: ApiErrorKind::Unavailable,
@@ -265,7 +296,9 @@ fn advertise_host(cfg: &AgentConfig) -> String {
     // The host part of the first advertised or listen multiaddr, unless it is unspecified.
     for a in cfg.advertise.iter().chain(cfg.listen.iter()) {
         let parts: Vec<&str> = a.split('/').collect();
-        if parts.len() > 2 && (parts[1] == "ip4" || parts[1] == "ip6" || parts[1] == "dns4" || parts[1] == "dns") {
+        if parts.len() > 2
+            && (parts[1] == "ip4" || parts[1] == "ip6" || parts[1] == "dns4" || parts[1] == "dns")
+        {
             let host = parts[2];
             if host != "0.0.0.0" && host != "::" {
                 return host.to_string();
@@ -278,16 +311,28 @@ fn advertise_host(cfg: &AgentConfig) -> String {
 fn load_identity(cfg: &AgentConfig) -> anyhow::Result<Identity> {
     let path = cfg.data_dir.join("node.key");
     let kp = if path.exists() {
-        let bytes = std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        libp2p::identity::Keypair::from_protobuf_encoding(&bytes)
-            .with_context(|| format!("{} is not a valid node key; move it away to create a new identity", path.display()))?
+        let bytes =
+            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
+        libp2p::identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
+            format!(
+                "{} is not a valid node key; move it away to create a new identity",
+                path.display()
+            )
+        })?
     } else {
         let kp = libp2p::identity::Keypair::generate_ed25519();
-        write_private(&path, &kp.to_protobuf_encoding().context("cannot encode the node key")?)?;
+        write_private(
+            &path,
+            &kp.to_protobuf_encoding()
+                .context("cannot encode the node key")?,
+        )?;
         kp
     };
     let node = NodeId(kp.public().to_peer_id().to_string());
-    Ok(Identity { node, cluster_id: "local".into() })
+    Ok(Identity {
+        node,
+        cluster_id: "local".into(),
+    })
 }
 
 /// Writes a file readable only by its owner, atomically (temp file + rename).
@@ -332,10 +377,16 @@ impl LogSource for AgentLogs {
         let drivers = self.drivers.clone();
         let me = self.me.clone();
         Box::pin(async move {
-            let name = ServiceName::new(&service).map_err(|e| ApiError::invalid(e, "give a service name"))?;
+            let name = ServiceName::new(&service)
+                .map_err(|e| ApiError::invalid(e, "give a service name"))?;
             let (tx, rx) = oneshot::channel();
             calls
-                .send(ApiCall { req: ApiRequest::Ps { service: Some(name.clone()) }, reply: tx })
+                .send(ApiCall {
+                    req: ApiRequest::Ps {
+                        service: Some(name.clone()),
+                    },
+                    reply: tx,
+                })
                 .await
                 .map_err(|_| unavailable())?;
             let rows = match rx.await.map_err(|_| unavailable())?? {
@@ -343,7 +394,10 @@ impl LogSource for AgentLogs {
                 _ => return Err(unavailable()),
             };
             let row: &PsEntry = rows.iter().find(|r| r.slot == slot).ok_or_else(|| {
-                ApiError::not_found(format!("service {service} has no slot {slot}"), format!("see `shoal ps {service}`"))
+                ApiError::not_found(
+                    format!("service {service} has no slot {slot}"),
+                    format!("see `shoal ps {service}`"),
+                )
             })?;
             match &row.node {
                 Some(n) if n == &me.0 => {}
@@ -353,15 +407,34 @@ impl LogSource for AgentLogs {
                         "run `shoal logs` against that node's API (--api)",
                     ));
                 }
-                None => return Err(ApiError::not_found(format!("slot {service}/{slot} is not placed"), "see `shoal ps`")),
+                None => {
+                    return Err(ApiError::not_found(
+                        format!("slot {service}/{slot} is not placed"),
+                        "see `shoal ps`",
+                    ));
+                }
             }
-            let key = InstanceKey { slot: SlotId::new(&name, slot), epoch: row.epoch };
-            let driver = if row.container.is_some() { DriverKind::Docker } else { DriverKind::Process };
-            drivers.logs(driver, &key, follow, tail).await.map_err(|e| ApiError::not_found(e.to_string(), "see `shoal ps`"))
+            let key = InstanceKey {
+                slot: SlotId::new(&name, slot),
+                epoch: row.epoch,
+            };
+            let driver = if row.container.is_some() {
+                DriverKind::Docker
+            } else {
+                DriverKind::Process
+            };
+            drivers
+                .logs(driver, &key, follow, tail)
+                .await
+                .map_err(|e| ApiError::not_found(e.to_string(), "see `shoal ps`"))
         })
     }
 }
 
 fn unavailable() -> ApiError {
-    ApiError { kind: ApiErrorKind::Unavailable, error: "the agent is shutting down".into(), hint: None }
+    ApiError {
+        kind: ApiErrorKind::Unavailable,
+        error: "the agent is shutting down".into(),
+        hint: None,
+    }
 }

@@ -24,10 +24,18 @@ pub struct Drivers {
 
 impl Drivers {
     /// Sets up the drivers the config asks for (all that work, by default).
-    pub async fn detect(cfg: &AgentConfig, owner: Owner, advertise_host: String) -> anyhow::Result<Drivers> {
+    pub async fn detect(
+        cfg: &AgentConfig,
+        owner: Owner,
+        advertise_host: String,
+    ) -> anyhow::Result<Drivers> {
         let want = |k: DriverKind| cfg.runtimes.is_empty() || cfg.runtimes.contains(&k);
         let process = if want(DriverKind::Process) {
-            Some(Arc::new(ProcessDriver::new(&cfg.data_dir, owner.clone(), advertise_host.clone())?))
+            Some(Arc::new(ProcessDriver::new(
+                &cfg.data_dir,
+                owner.clone(),
+                advertise_host.clone(),
+            )?))
         } else {
             None
         };
@@ -55,7 +63,12 @@ impl Drivers {
     }
 
     fn missing(kind: DriverKind) -> DriverError {
-        DriverError::Unavailable { reason: format!("this node does not offer the {} runtime", crate::placement::driver_name(kind)) }
+        DriverError::Unavailable {
+            reason: format!(
+                "this node does not offer the {} runtime",
+                crate::placement::driver_name(kind)
+            ),
+        }
     }
 
     pub async fn logs(
@@ -74,7 +87,11 @@ impl Drivers {
         }
     }
 
-    async fn execute(&self, cmd: RuntimeCommand, events: &mpsc::Sender<RuntimeEvent>) -> Option<RuntimeEvent> {
+    async fn execute(
+        &self,
+        cmd: RuntimeCommand,
+        events: &mpsc::Sender<RuntimeEvent>,
+    ) -> Option<RuntimeEvent> {
         match cmd {
             RuntimeCommand::Start(spec) => {
                 let key = spec.key.clone();
@@ -86,14 +103,27 @@ impl Drivers {
                     DriverKind::Docker => Err(Self::missing(DriverKind::Docker)),
                 };
                 Some(match result {
-                    Ok(o) => RuntimeEvent::Started { key, revision: o.revision, handle: o.handle, endpoint: o.endpoint },
+                    Ok(o) => RuntimeEvent::Started {
+                        key,
+                        revision: o.revision,
+                        handle: o.handle,
+                        endpoint: o.endpoint,
+                    },
                     Err(e) => {
                         warn!(instance = %key, error = %e, "start failed");
-                        RuntimeEvent::StartFailed { key, retryable: e.retryable(), error: e.to_string() }
+                        RuntimeEvent::StartFailed {
+                            key,
+                            retryable: e.retryable(),
+                            error: e.to_string(),
+                        }
                     }
                 })
             }
-            RuntimeCommand::Stop { key, driver, grace_ms } => {
+            RuntimeCommand::Stop {
+                key,
+                driver,
+                grace_ms,
+            } => {
                 let result = match driver {
                     DriverKind::Process => match &self.process {
                         Some(p) => p.stop(&key, grace_ms).await,
@@ -103,7 +133,10 @@ impl Drivers {
                 };
                 Some(match result {
                     Ok(()) => RuntimeEvent::Stopped { key },
-                    Err(e) => RuntimeEvent::StopFailed { key, error: e.to_string() },
+                    Err(e) => RuntimeEvent::StopFailed {
+                        key,
+                        error: e.to_string(),
+                    },
                 })
             }
             RuntimeCommand::List { driver } => {
@@ -127,10 +160,16 @@ impl Drivers {
 }
 
 /// Runs commands as they come, at most `MAX_IN_FLIGHT` at once.
-pub async fn run(drivers: Drivers, mut commands: mpsc::Receiver<RuntimeCommand>, events: mpsc::Sender<RuntimeEvent>) {
+pub async fn run(
+    drivers: Drivers,
+    mut commands: mpsc::Receiver<RuntimeCommand>,
+    events: mpsc::Sender<RuntimeEvent>,
+) {
     let permits = Arc::new(Semaphore::new(MAX_IN_FLIGHT));
     while let Some(cmd) = commands.recv().await {
-        let Ok(permit) = permits.clone().acquire_owned().await else { return };
+        let Ok(permit) = permits.clone().acquire_owned().await else {
+            return;
+        };
         let drivers = drivers.clone();
         let events = events.clone();
         tokio::spawn(async move {

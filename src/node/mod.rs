@@ -723,11 +723,11 @@ impl<R: Rng> Node<R> {
             *per_service.entry(slot.service.clone()).or_default() += 1;
         }
         for o in self.auction.open.values() {
-            if let Some(b) = &o.my_bid {
-                if let Some(spec) = self.state.live_spec(&b.slot.service) {
-                    host_ports.extend(spec.ports.iter().filter_map(|p| p.host));
-                    *per_service.entry(b.slot.service.clone()).or_default() += 1;
-                }
+            if let Some(b) = &o.my_bid
+                && let Some(spec) = self.state.live_spec(&b.slot.service)
+            {
+                host_ports.extend(spec.ports.iter().filter_map(|p| p.host));
+                *per_service.entry(b.slot.service.clone()).or_default() += 1;
             }
         }
         NodeFacts {
@@ -1058,13 +1058,13 @@ impl<R: Rng> Node<R> {
                 ));
             }
         }
-        if let Some(until) = self.reconciler.excluded(slot, now) {
-            if candidates.len() == 1 {
-                return format!(
-                    "released after a crash loop; this node stays out of it for {}s more and no other node can take it",
-                    until.since(now) / 1000
-                );
-            }
+        if let Some(until) = self.reconciler.excluded(slot, now)
+            && candidates.len() == 1
+        {
+            return format!(
+                "released after a crash loop; this node stays out of it for {}s more and no other node can take it",
+                until.since(now) / 1000
+            );
         }
         let reasons: Vec<(NodeId, Ineligible)> = candidates
             .iter()
@@ -1076,13 +1076,11 @@ impl<R: Rng> Node<R> {
         if let Some((_, Ineligible::Constraint(c))) = reasons
             .iter()
             .find(|(_, r)| matches!(r, Ineligible::Constraint(_)))
-        {
-            if reasons
+            && reasons
                 .iter()
                 .all(|(_, r)| matches!(r, Ineligible::Constraint(_)))
-            {
-                return format!("constraint {c} matches no alive node");
-            }
+        {
+            return format!("constraint {c} matches no alive node");
         }
         if reasons
             .iter()
@@ -1102,28 +1100,28 @@ impl<R: Rng> Node<R> {
         let best_cpu = candidates
             .iter()
             .max_by_key(|(id, f)| (f.free().cpu_millis, id.clone()));
-        if let Some((id, f)) = best_cpu {
-            if f.free().cpu_millis < spec.resources.cpu_millis {
-                return format!(
-                    "needs cpu {}, largest free {} on {}",
-                    placement::fmt_cpu(spec.resources.cpu_millis),
-                    placement::fmt_cpu(f.free().cpu_millis),
-                    id.short()
-                );
-            }
+        if let Some((id, f)) = best_cpu
+            && f.free().cpu_millis < spec.resources.cpu_millis
+        {
+            return format!(
+                "needs cpu {}, largest free {} on {}",
+                placement::fmt_cpu(spec.resources.cpu_millis),
+                placement::fmt_cpu(f.free().cpu_millis),
+                id.short()
+            );
         }
         let best_mem = candidates
             .iter()
             .max_by_key(|(id, f)| (f.free().memory_bytes, id.clone()));
-        if let Some((id, f)) = best_mem {
-            if f.free().memory_bytes < spec.resources.memory_bytes {
-                return format!(
-                    "needs memory {}, largest free {} on {}",
-                    placement::fmt_bytes(spec.resources.memory_bytes),
-                    placement::fmt_bytes(f.free().memory_bytes),
-                    id.short()
-                );
-            }
+        if let Some((id, f)) = best_mem
+            && f.free().memory_bytes < spec.resources.memory_bytes
+        {
+            return format!(
+                "needs memory {}, largest free {} on {}",
+                placement::fmt_bytes(spec.resources.memory_bytes),
+                placement::fmt_bytes(f.free().memory_bytes),
+                id.short()
+            );
         }
         let summary: Vec<String> = reasons
             .iter()

@@ -113,7 +113,7 @@ pub fn driver_name(d: DriverKind) -> &'static str {
 
 /// `2500` → `2.5`.
 pub fn fmt_cpu(millis: u64) -> String {
-    if millis % 1000 == 0 {
+    if millis.is_multiple_of(1000) {
         format!("{}", millis / 1000)
     } else {
         let s = format!("{}.{:03}", millis / 1000, millis % 1000);
@@ -201,12 +201,11 @@ pub struct SpreadView {
 pub fn score(facts: &NodeFacts, spec: &ServiceSpec, spread: SpreadView) -> Option<u64> {
     eligible(facts, spec).ok()?;
     let free = facts.free();
+    // Eligibility guarantees `need <= free`; a zero capacity scores zero.
     let after = |free: u64, need: u64, cap: u64| -> u64 {
-        if cap == 0 {
-            0
-        } else {
-            (free - need) * SCALE / cap
-        }
+        ((free - need).saturating_mul(SCALE))
+            .checked_div(cap)
+            .unwrap_or(0)
     };
     let cpu = after(
         free.cpu_millis,

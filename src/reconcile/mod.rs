@@ -138,6 +138,8 @@ impl Local {
 }
 
 /// What reconcile asks of the node besides runtime commands.
+// Values of this enum are moved, not stored in bulk: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum Effect {
     Runtime(RuntimeCommand),
@@ -203,20 +205,21 @@ impl Reconciler {
                 handle,
                 endpoint,
             } => {
-                if let Some(l) = self.instances.get_mut(&key) {
-                    if matches!(l.phase, Phase::Starting { .. }) && l.revision == revision {
-                        l.phase = Phase::Running { since: now };
-                        l.handle = Some(handle);
-                        l.endpoint = endpoint;
-                        l.detail = None;
-                    }
+                if let Some(l) = self.instances.get_mut(&key)
+                    && matches!(l.phase, Phase::Starting { .. })
+                    && l.revision == revision
+                {
+                    l.phase = Phase::Running { since: now };
+                    l.handle = Some(handle);
+                    l.endpoint = endpoint;
+                    l.detail = None;
                 }
             }
             RuntimeEvent::Progress { key, status } => {
-                if let Some(l) = self.instances.get_mut(&key) {
-                    if matches!(l.phase, Phase::Starting { .. }) {
-                        l.detail = Some(status);
-                    }
+                if let Some(l) = self.instances.get_mut(&key)
+                    && matches!(l.phase, Phase::Starting { .. })
+                {
+                    l.detail = Some(status);
                 }
             }
             RuntimeEvent::StartFailed {
@@ -224,50 +227,50 @@ impl Reconciler {
                 error,
                 retryable,
             } => {
-                if let Some(l) = self.instances.get_mut(&key) {
-                    if matches!(l.phase, Phase::Starting { .. }) {
-                        let reason = format!("start failed: {error}");
-                        Self::failed(
-                            &self.timing,
-                            &mut self.exclusions,
-                            now,
-                            l,
-                            None,
-                            reason,
-                            retryable,
-                            desired,
-                            out,
-                        );
-                    }
+                if let Some(l) = self.instances.get_mut(&key)
+                    && matches!(l.phase, Phase::Starting { .. })
+                {
+                    let reason = format!("start failed: {error}");
+                    Self::failed(
+                        &self.timing,
+                        &mut self.exclusions,
+                        now,
+                        l,
+                        None,
+                        reason,
+                        retryable,
+                        desired,
+                        out,
+                    );
                 }
             }
             RuntimeEvent::Exited { key, exit } => {
-                if let Some(l) = self.instances.get_mut(&key) {
-                    if matches!(l.phase, Phase::Running { .. } | Phase::Starting { .. }) {
-                        let reason = describe_exit(&exit);
-                        Self::exited(
-                            &self.timing,
-                            &mut self.exclusions,
-                            now,
-                            l,
-                            exit,
-                            reason,
-                            desired,
-                            out,
-                        );
-                    }
+                if let Some(l) = self.instances.get_mut(&key)
+                    && matches!(l.phase, Phase::Running { .. } | Phase::Starting { .. })
+                {
+                    let reason = describe_exit(&exit);
+                    Self::exited(
+                        &self.timing,
+                        &mut self.exclusions,
+                        now,
+                        l,
+                        exit,
+                        reason,
+                        desired,
+                        out,
+                    );
                 }
             }
             RuntimeEvent::Stopped { key } => {
-                if let Some(l) = self.instances.get(&key) {
-                    if let Phase::Stopping { then_start, .. } = l.phase {
-                        if then_start {
-                            // Revision change: start the same slot again at the desired revision
-                            // on the next step.
-                            self.instances.remove(&key);
-                        } else {
-                            self.instances.remove(&key);
-                        }
+                if let Some(l) = self.instances.get(&key)
+                    && let Phase::Stopping { then_start, .. } = l.phase
+                {
+                    if then_start {
+                        // Revision change: start the same slot again at the desired revision
+                        // on the next step.
+                        self.instances.remove(&key);
+                    } else {
+                        self.instances.remove(&key);
                     }
                 }
             }
@@ -576,10 +579,10 @@ impl Reconciler {
                     };
                     self.dirty = true;
                 }
-                (Phase::Running { since }, Some(_)) => {
-                    if now.since(*since) >= self.timing.healthy_reset_ms {
-                        l.backoff_ms = self.timing.backoff_initial_ms;
-                    }
+                (Phase::Running { since }, Some(_))
+                    if now.since(*since) >= self.timing.healthy_reset_ms =>
+                {
+                    l.backoff_ms = self.timing.backoff_initial_ms;
                 }
                 _ => {}
             }
@@ -596,16 +599,15 @@ impl Reconciler {
                         restart_at: Some(at),
                         ..
                     } = l.phase
+                        && at <= now
                     {
-                        if at <= now {
-                            l.restarts += 1;
-                            l.phase = Phase::Starting { since: now };
-                            l.detail = None;
-                            out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(
-                                owner, d,
-                            ))));
-                            self.dirty = true;
-                        }
+                        l.restarts += 1;
+                        l.phase = Phase::Starting { since: now };
+                        l.detail = None;
+                        out.push(Effect::Runtime(RuntimeCommand::Start(instance_spec(
+                            owner, d,
+                        ))));
+                        self.dirty = true;
                     }
                 }
                 None => {

@@ -133,6 +133,8 @@ pub enum RuntimeEvent {
 
 /// What the core asks of the runtime, delivered through a bounded queue to a worker so that a
 /// slow driver never stalls the node loop.
+// Values of this enum are moved, not stored in bulk: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeCommand {
     Start(InstanceSpec),

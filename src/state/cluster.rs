@@ -48,6 +48,8 @@ pub struct Revision {
     pub body: RevisionBody,
 }
 
+// Values of this enum are moved, not stored in bulk: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum RevisionBody {
     Spec(ServiceSpec),
@@ -485,7 +487,7 @@ pub(crate) mod tests {
     }
 
     fn revision_for(name: &str, stamp: Hlc) -> Revision {
-        let body = if stamp.wall_ms % 7 == 0 {
+        let body = if stamp.wall_ms.is_multiple_of(7) {
             RevisionBody::Deleted
         } else {
             RevisionBody::Spec(spec(name, (stamp.wall_ms % 5) as u32))

@@ -6,6 +6,7 @@
 //! `RuntimeCommand`s into calls on a driver and driver observations into `RuntimeEvent`s.
 
 pub mod conformance;
+pub mod docker;
 pub mod fake;
 pub mod process;
 

@@ -5,6 +5,7 @@
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod ids;
 pub mod node;

@@ -61,7 +61,9 @@ impl Drivers {
             match DockerDriver::connect(owner, advertise_host).await {
                 Ok(d) => Some(Arc::new(d)),
                 Err(e) if cfg.runtimes.contains(&DriverKind::Docker) => {
-                    anyhow::bail!("--runtime docker was asked for, but {e}; start the docker daemon or drop --runtime docker")
+                    anyhow::bail!(
+                        "--runtime docker was asked for, but {e}; start the docker daemon or drop --runtime docker"
+                    )
                 }
                 Err(e) => {
                     info!(reason = %e, "docker is not available; this node offers the process runtime only");
@@ -118,22 +120,46 @@ impl Drivers {
         on_driver!(self, kind, |d| d.logs(key, follow, tail).await)
     }
 
-    async fn execute(&self, cmd: RuntimeCommand, events: &mpsc::Sender<RuntimeEvent>) -> Option<RuntimeEvent> {
+    async fn execute(
+        &self,
+        cmd: RuntimeCommand,
+        events: &mpsc::Sender<RuntimeEvent>,
+    ) -> Option<RuntimeEvent> {
         match cmd {
             RuntimeCommand::Start(spec) => {
                 let key = spec.key.clone();
-                Some(match on_driver!(self, spec.driver(), |d| d.start(&spec, events).await) {
-                    Ok(o) => RuntimeEvent::Started { key, revision: o.revision, handle: o.handle, endpoint: o.endpoint },
-                    Err(e) => {
-                        warn!(instance = %key, error = %e, "start failed");
-                        RuntimeEvent::StartFailed { key, retryable: e.retryable(), error: e.to_string() }
-                    }
-                })
+                Some(
+                    match on_driver!(self, spec.driver(), |d| d.start(&spec, events).await) {
+                        Ok(o) => RuntimeEvent::Started {
+                            key,
+                            revision: o.revision,
+                            handle: o.handle,
+                            endpoint: o.endpoint,
+                        },
+                        Err(e) => {
+                            warn!(instance = %key, error = %e, "start failed");
+                            RuntimeEvent::StartFailed {
+                                key,
+                                retryable: e.retryable(),
+                                error: e.to_string(),
+                            }
+                        }
+                    },
+                )
             }
-            RuntimeCommand::Stop { key, driver, grace_ms } => Some(match on_driver!(self, driver, |d| d.stop(&key, grace_ms).await) {
-                Ok(()) => RuntimeEvent::Stopped { key },
-                Err(e) => RuntimeEvent::StopFailed { key, error: e.to_string() },
-            }),
+            RuntimeCommand::Stop {
+                key,
+                driver,
+                grace_ms,
+            } => Some(
+                match on_driver!(self, driver, |d| d.stop(&key, grace_ms).await) {
+                    Ok(()) => RuntimeEvent::Stopped { key },
+                    Err(e) => RuntimeEvent::StopFailed {
+                        key,
+                        error: e.to_string(),
+                    },
+                },
+            ),
             RuntimeCommand::List { driver } => match on_driver!(self, driver, |d| d.list().await) {
                 Ok(instances) => Some(RuntimeEvent::Listed { driver, instances }),
                 Err(e) => {

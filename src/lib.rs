@@ -8,6 +8,7 @@ pub mod agent;
 pub mod api;
 pub mod cli;
 pub mod ids;
+pub mod membership;
 pub mod node;
 pub mod placement;
 pub mod reconcile;

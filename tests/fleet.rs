@@ -347,3 +347,30 @@ fn drain_keeps_n_minus_one_running_and_an_unplaceable_service_explains_itself() 
     });
     assert!(reason.contains("largest free"), "{reason}");
 }
+
+#[test]
+fn the_demo_forms_a_fleet_fails_a_node_over_and_cleans_up() {
+    let _g = serial();
+    let spec = concat!(env!("CARGO_MANIFEST_DIR"), "/examples/hello.yaml");
+    let out = std::process::Command::new(shoal_bin())
+        .args(["demo", "--no-wait", "--spec", spec])
+        .output()
+        .unwrap();
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "demo failed:\n{stdout}\n{}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(stdout.contains("every replica running again"), "{stdout}");
+    let root = stdout
+        .lines()
+        .next()
+        .and_then(|l| l.split("data in ").nth(1))
+        .map(|s| s.trim_end_matches(')').to_string());
+    let root = root.expect("the demo names its data dir");
+    assert!(
+        !std::path::Path::new(&root).exists(),
+        "the demo left {root} behind"
+    );
+}

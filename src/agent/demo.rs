@@ -132,10 +132,7 @@ fn print_ps(rows: &[PsEntry], names: &[(String, String)]) {
             })
             .unwrap_or_else(|| "-".into())
     };
-    println!(
-        "  {:<8} {:<5} {:<6} {:<10} {}",
-        "SERVICE", "SLOT", "NODE", "STATE", "ENDPOINT"
-    );
+    println!("  SERVICE  SLOT  NODE   STATE      ENDPOINT");
     for r in rows {
         println!(
             "  {:<8} {:<5} {:<6} {:<10} {}",

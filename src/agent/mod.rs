@@ -491,6 +491,8 @@ impl Shell {
                         Ok(ApiReply::Status(mut st)) => {
                             let net = self.net.stats();
                             st.counters.frames_rejected = net.frames_rejected + self.undecodable;
+                            st.counters.net_bytes_in = net.bytes_in;
+                            st.counters.net_bytes_out = net.bytes_out;
                             if let Some(f) = &self.test_faults {
                                 st.faults.push(format!(
                                     "test faults on: drop {} delay {}ms blocked {:?}",

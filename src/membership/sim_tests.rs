@@ -471,10 +471,23 @@ fn node_paused_past_the_suspicion_rejoins_by_itself() {
     sim.pause(4, false);
     let back = sim.run_until_true(20_000, |s| s.everyone_sees(4, MemberState::Alive));
     assert!(back.is_some(), "seed {seed}: did not come back");
-    assert_eq!(sim.nodes[&nid(4)].m.identity().renewal, 1, "one rejoin, same incarnation");
-    let about_itself = sim.events_since(t0).filter(|(_, o, e)| *o == nid(4) && *e == MemberEvent::Down(nid(4)));
-    assert_eq!(about_itself.count(), 0, "seed {seed}: a node never reports itself");
-    assert_eq!(sim.nodes[&nid(4)].m.member(&nid(4)).unwrap().state, MemberState::Alive);
+    assert_eq!(
+        sim.nodes[&nid(4)].m.identity().renewal,
+        1,
+        "one rejoin, same incarnation"
+    );
+    let about_itself = sim
+        .events_since(t0)
+        .filter(|(_, o, e)| *o == nid(4) && *e == MemberEvent::Down(nid(4)));
+    assert_eq!(
+        about_itself.count(),
+        0,
+        "seed {seed}: a node never reports itself"
+    );
+    assert_eq!(
+        sim.nodes[&nid(4)].m.member(&nid(4)).unwrap().state,
+        MemberState::Alive
+    );
 }
 
 #[test]

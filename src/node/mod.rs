@@ -1215,12 +1215,25 @@ impl<R: Rng> Node<R> {
             facts: self.claimed_facts(&self.cfg.id, &me),
         }];
         for (id, p) in self.members.present() {
-            if let Some(m) = &p.meta {
-                candidates.push(placement::Candidate {
-                    node: id.clone(),
-                    facts: self.claimed_facts(id, m),
-                });
-            }
+            // A member whose metadata has not arrived yet is assumed to look like this node:
+            // leaving it out would make this node expect to win its slots, and nodes that have
+            // the metadata would plan differently. The plan only ranks; real eligibility is
+            // each node's own.
+            let assumed;
+            let m = match &p.meta {
+                Some(m) => m,
+                None => {
+                    assumed = PeerMeta {
+                        labels: BTreeMap::new(),
+                        ..me.clone()
+                    };
+                    &assumed
+                }
+            };
+            candidates.push(placement::Candidate {
+                node: id.clone(),
+                facts: self.claimed_facts(id, m),
+            });
         }
         let mut labels = placement::LabelCounts::new();
         for (slot, c) in &self.state.claims {

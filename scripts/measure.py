@@ -272,9 +272,73 @@ def writes(report, count):
         f.close()
 
 
+def docker(report, trials=10):
+    """Docker driver: deploy -> container running versus a plain `docker run -d` of the same
+    local image, and agent RSS with 20 running containers. Needs the test image
+    `shoal-test/busybox:1` (built by `cargo test --test docker_driver`)."""
+    img = "shoal-test/busybox:1"
+    if subprocess.run(["docker", "image", "inspect", img], capture_output=True).returncode != 0:
+        report.append(f"### Docker driver (issue 5)\n\nnot measured: image {img} missing (run the docker tests first)\n")
+        return
+    root = tempfile.mkdtemp(prefix="shoal-measure-docker-")
+    key = os.path.join(root, "cluster.key")
+    subprocess.run([SHOAL, "keygen", "--out", key], check=True, capture_output=True)
+    a = Agent(root, "d0", key)
+    try:
+        a.proc = subprocess.Popen([SHOAL, "agent", "--data-dir", a.dir, "--api", a.api, "--listen", a.p2p,
+                                   "--cluster-key", key], stdout=open(a.log, "a"), stderr=subprocess.STDOUT)
+        deadline = time.time() + 30
+        while a.q("status") is None and time.time() < deadline:
+            time.sleep(0.05)
+        ours, plain = [], []
+        for i in range(trials):
+            name = f"dk{i}-{os.getpid()}"
+            p = os.path.join(root, name + ".yaml")
+            open(p, "w").write(f"name: {name}\nimage: {img}\ncommand: [sleep, '100000']\nreplicas: 1\nresources: {{cpu: 10m, memory: 16Mi}}\n")
+            t0 = time.time()
+            a.q("deploy", "-f", p)
+            while time.time() - t0 < 60:
+                rows = a.q("ps", name) or []
+                if rows and rows[0]["state"] == "running":
+                    ours.append(time.time() - t0); break
+                time.sleep(0.01)
+            a.q("rm", name)
+            t0 = time.time()
+            r = subprocess.run(["docker", "run", "-d", "--rm", "--name", f"plain-{name}", img, "sleep", "100000"], capture_output=True, text=True)
+            if r.returncode == 0:
+                plain.append(time.time() - t0)
+                subprocess.run(["docker", "rm", "-f", f"plain-{name}"], capture_output=True)
+        many = os.path.join(root, "many.yaml")
+        open(many, "w").write(f"name: many-{os.getpid()}\nimage: {img}\ncommand: [sleep, '100000']\nreplicas: 20\nresources: {{cpu: 10m, memory: 16Mi}}\n")
+        a.q("deploy", "-f", many)
+        deadline = time.time() + 120
+        while time.time() < deadline:
+            rows = a.q("ps", f"many-{os.getpid()}") or []
+            if len(rows) == 20 and all(r["state"] == "running" for r in rows):
+                break
+            time.sleep(0.2)
+        time.sleep(5)
+        rss = a.rss_kib() / 1024
+        a.q("rm", f"many-{os.getpid()}")
+        time.sleep(5)
+        report.append("### Docker driver (issue 5)\n")
+        report.append("| figure | measured |\n| --- | --- |")
+        report.append(f"| deploy -> container running (shoal, CLI round trips included), p50 over {len(ours)} | {pct(ours,50)*1000:.0f} ms |")
+        report.append(f"| plain `docker run -d` of the same image, p50 over {len(plain)} | {pct(plain,50)*1000:.0f} ms |")
+        if plain and ours:
+            report.append(f"| overhead ratio (p50 / p50) | {pct(ours,50)/pct(plain,50):.2f} |")
+        report.append(f"| agent RSS with 20 running containers | {rss:.1f} MiB |\n")
+    finally:
+        node = (a.q("status") or {}).get("node")
+        a.kill9()
+        if node:
+            subprocess.run(f"docker ps -aq --filter label=shoal.node={node} | xargs -r docker rm -f", shell=True, capture_output=True)
+        shutil.rmtree(root, ignore_errors=True)
+
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="single,kill,idle,writes")
+    ap.add_argument("--only", default="single,kill,idle,writes,docker")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--writes", type=int, default=100)
     ap.add_argument("--idle-sizes", default="5,20")
@@ -287,6 +351,7 @@ def main():
     if "kill" in only: kills(report, args.kills)
     if "idle" in only: idle(report, [int(x) for x in args.idle_sizes.split(",")])
     if "writes" in only: writes(report, args.writes)
+    if "docker" in only: docker(report)
     print("\n".join(report))
 
 

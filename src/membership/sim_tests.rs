@@ -84,8 +84,6 @@ struct Sim {
     largest_datagram: usize,
     /// A sample of datagrams for fuzzing.
     captured: Vec<Vec<u8>>,
-    /// Debugging aid: every datagram delivered to this node, with time and sender.
-    watch: Option<(NodeId, Vec<(Millis, NodeId, Vec<u8>)>)>,
 }
 
 impl Sim {
@@ -106,7 +104,6 @@ impl Sim {
             datagram_bytes: 0,
             largest_datagram: 0,
             captured: Vec::new(),
-            watch: None,
         };
         for i in 0..n {
             sim.add_node(i, 1);
@@ -226,11 +223,6 @@ impl Sim {
                     }
                     let mut out = Vec::new();
                     node.m.handle_datagram(at, &from, &bytes, &mut out);
-                    if let Some((w, log)) = &mut self.watch
-                        && *w == to
-                    {
-                        log.push((at, from.clone(), bytes.clone()));
-                    }
                     self.apply(to, out);
                 }
                 Ev::Tick(id) => {

@@ -115,7 +115,7 @@ fn a_pause_shorter_than_the_suspicion_timeout_is_not_a_death() {
     let f = Fleet::start(3, &[]);
     let id = f.id(2);
     sigstop(&f.agents[2]);
-    // Suspicion on the LAN profile is 1.6 s at this size; a 0.5 s pause must not kill.
+    // Suspicion in these tests is 3 s (see `Fleet::start`); a 0.5 s pause must not kill.
     let mut worst = String::from("alive");
     for _ in 0..5 {
         std::thread::sleep(Duration::from_millis(100));

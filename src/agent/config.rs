@@ -121,6 +121,44 @@ pub struct FileConfig {
     pub runtimes: Vec<RuntimeChoice>,
     pub profile: Option<Profile>,
     pub log_format: Option<LogFormat>,
+    /// Overrides of the profile's failure-detector timing (`[swim]` table).
+    #[serde(default)]
+    pub swim: SwimOverrides,
+}
+
+/// `[swim]` in the config file: overrides of the profile's SWIM timing. Units are milliseconds.
+/// Detection time is roughly `probe_period_ms + suspect_to_down_ms`; raise `probe_rtt_ms` and
+/// `suspect_to_down_ms` on slow or overloaded machines to avoid false deaths, lower them for
+/// faster detection on a quiet LAN.
+#[derive(Deserialize, Debug, Default, Clone, PartialEq, Eq)]
+#[serde(deny_unknown_fields)]
+pub struct SwimOverrides {
+    /// Time between two probes started by one node (LAN 300–500, WAN 1000–5000).
+    pub probe_period_ms: Option<u64>,
+    /// Time to wait for a direct ack before indirect probes; must stay below the probe period.
+    pub probe_rtt_ms: Option<u64>,
+    /// Time a suspect has to refute before it is declared down.
+    pub suspect_to_down_ms: Option<u64>,
+    /// Members asked to probe indirectly (3–6).
+    pub num_indirect_probes: Option<usize>,
+}
+
+impl SwimOverrides {
+    /// Applies the overrides to a profile's tuning.
+    pub fn apply(&self, t: &mut crate::membership::SwimTuning) {
+        if let Some(v) = self.probe_period_ms {
+            t.probe_period_ms = v;
+        }
+        if let Some(v) = self.probe_rtt_ms {
+            t.probe_rtt_ms = v;
+        }
+        if let Some(v) = self.suspect_to_down_ms {
+            t.suspect_to_down_ms = v;
+        }
+        if let Some(v) = self.num_indirect_probes {
+            t.num_indirect_probes = v;
+        }
+    }
 }
 
 /// A config error: names the source and what to do.
@@ -160,6 +198,7 @@ pub struct AgentConfig {
     pub log_format: LogFormat,
     pub test_faults: bool,
     pub test_clock_offset_ms: i64,
+    pub swim: SwimOverrides,
 }
 
 pub const MAX_LABELS: usize = 32;
@@ -273,6 +312,7 @@ impl AgentArgs {
                 .unwrap_or(LogFormat::Text),
             test_faults: self.test_faults,
             test_clock_offset_ms: self.test_clock_offset_ms.unwrap_or(0),
+            swim: file.swim.clone(),
         })
     }
 }

@@ -265,6 +265,10 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         Profile::Lan => (CoreTiming::lan(), crate::membership::Profile::Lan),
         Profile::Wan => (CoreTiming::wan(), crate::membership::Profile::Wan),
     };
+    let mut swim = profile.tuning(64);
+    cfg.swim.apply(&mut swim);
+    swim.validate()
+        .map_err(|e| anyhow::anyhow!("[swim] in the config file: {e}"))?;
     let node_cfg = NodeConfig {
         id: me.clone(),
         incarnation,
@@ -275,7 +279,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         agent_version: VERSION.to_string(),
         timing,
         addrs: advertised.clone(),
-        swim: Some(profile.tuning(64)),
+        swim: Some(swim),
         bugs,
     };
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone());
@@ -352,6 +356,8 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         } else {
             seed_backoff = Duration::from_millis(500);
         }
+        // Local work first, then the network, then the timer; a busy network cannot starve
+        // the timer, because a due tick runs after any input (below).
         let input = tokio::select! {
             biased;
             () = &mut shutdown => break,
@@ -360,15 +366,20 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
                 Some(input) => input,
                 None => continue,
             },
-            () = tokio::time::sleep_until(wake.into()) => Input::Tick,
-            Some((from, msg)) = sync_resp_rx.recv() => Input::SyncResponse { from, msg },
             Some(ev) = net_rx.recv() => match shell.net_event(ev) {
                 Some(input) => input,
                 None => continue,
             },
+            Some((from, msg)) = sync_resp_rx.recv() => Input::SyncResponse { from, msg },
+            () = tokio::time::sleep_until(wake.into()) => Input::Tick,
         };
+        let is_tick = matches!(input, Input::Tick);
         out.clear();
         node.handle(clock.now(), input, &mut out);
+        let now = clock.now();
+        if !is_tick && node.next_wake(now) <= now {
+            node.handle(now, Input::Tick, &mut out);
+        }
         shell.execute(&node, &mut out).await;
     }
     info!("shutting down; instances keep running and are adopted on the next start");

@@ -252,6 +252,7 @@ pub struct Fleet {
     pub root: tempfile::TempDir,
     pub agents: Vec<Agent>,
     pub key: PathBuf,
+    pub config: PathBuf,
 }
 
 impl Fleet {
@@ -269,10 +270,20 @@ impl Fleet {
             "keygen: {}",
             String::from_utf8_lossy(&out.stderr)
         );
+        // A more patient failure detector than the LAN preset: these agents are debug builds
+        // sharing two cores with the test suite, and a scheduling stall is not a death. The
+        // LAN preset's own figures are measured by scripts/measure.py on release builds.
+        let config = root.path().join("agent.toml");
+        std::fs::write(
+            &config,
+            "[swim]\nprobe_rtt_ms = 300\nsuspect_to_down_ms = 3000\n",
+        )
+        .unwrap();
         let mut fleet = Fleet {
             root,
             agents: Vec::new(),
             key,
+            config,
         };
         for _ in 0..n {
             fleet.add(extra);
@@ -289,6 +300,8 @@ impl Fleet {
             "process".into(),
             "--cluster-key".into(),
             self.key.display().to_string(),
+            "--config".into(),
+            self.config.display().to_string(),
         ];
         if let Some(seed) = self.agents.first() {
             args.push("--seed".into());

@@ -9,6 +9,7 @@
 //! It does not model the agent shell's queues, the store's group commits or libp2p's own
 //! behaviour (gossipsub meshes, connection setup): a broadcast reaches every live node directly.
 
+pub mod bench;
 pub mod invariants;
 pub mod net;
 pub mod runtime;
@@ -104,6 +105,8 @@ enum Event {
         hash: u64,
     },
     Tick(usize),
+    /// The transport of node `.0` (incarnation `.1`) dials its seeds.
+    Dial(usize, u64),
     Runtime {
         node: usize,
         boot: u64,
@@ -130,6 +133,9 @@ pub struct SimNode {
     pub paused: bool,
     inbox: Vec<Input>,
     tick_at: Option<Millis>,
+    /// Seeds the transport dials while the node knows no peer, and the current backoff.
+    seeds: Vec<usize>,
+    dial_backoff_ms: u64,
 }
 
 impl SimNode {
@@ -194,6 +200,8 @@ impl Sim {
                 paused: false,
                 inbox: Vec::new(),
                 tick_at: None,
+                seeds: Vec::new(),
+                dial_backoff_ms: 0,
             })
             .collect();
         Sim {
@@ -217,17 +225,19 @@ impl Sim {
         }
     }
 
-    /// Starts every node, `stagger_ms` apart, each joining through node 0.
+    /// Starts every node, `stagger_ms` apart, each joining through the seeds (nodes 0, 1, 2).
     pub fn start_all(&mut self, stagger_ms: u64) {
+        let seeds: Vec<usize> = (0..self.nodes.len().min(3)).collect();
         for i in 0..self.nodes.len() {
             self.run_until(self.now.plus(if i == 0 { 0 } else { stagger_ms }));
-            self.boot(i, Some(0));
+            self.boot(i, seeds.clone());
         }
     }
 
-    /// Starts (or restarts) node `i`'s agent from its disk with the next incarnation, joining
-    /// through `seed` when given.
-    pub fn boot(&mut self, i: usize, seed: Option<usize>) {
+    /// Starts (or restarts) node `i`'s agent from its disk with the next incarnation. Like the
+    /// agent, its transport dials `seeds` (with backoff from 500 ms, doubling up to 30 s, plus
+    /// jitter) while the node knows no peer; a reachable seed makes it announce.
+    pub fn boot(&mut self, i: usize, seeds: Vec<usize>) {
         assert!(!self.nodes[i].up(), "node {i} is already up");
         let incarnation = self.nodes[i].cfg.incarnation + 1;
         let cfg = node_config(&self.cfg, i, incarnation);
@@ -240,10 +250,32 @@ impl Sim {
         n.paused = false;
         n.inbox.clear();
         n.tick_at = None;
+        n.seeds = seeds.into_iter().filter(|s| *s != i).collect();
+        n.dial_backoff_ms = 500;
         self.input(i, Input::Tick);
-        if let Some(s) = seed.filter(|s| *s != i) {
-            self.input(i, Input::Connected { node: nid(s) });
+        self.dial(i);
+    }
+
+    /// One round of seed dials by node `i`'s transport, and the next one scheduled.
+    fn dial(&mut self, i: usize) {
+        let n = &self.nodes[i];
+        let Some(node) = n.node.as_ref() else { return };
+        if n.seeds.is_empty() || node.members().present_count() > 1 {
+            return;
         }
+        let incarnation = n.cfg.incarnation;
+        let seeds = n.seeds.clone();
+        for s in seeds {
+            // A connection needs both directions, and a live agent on the other side.
+            if self.nodes[s].up() && self.net.reachable(i, s) && self.net.reachable(s, i) {
+                self.input(i, Input::Connected { node: nid(s) });
+            }
+        }
+        let n = &mut self.nodes[i];
+        let backoff = n.dial_backoff_ms;
+        n.dial_backoff_ms = (backoff * 2).min(30_000);
+        let at = self.now.plus(backoff + self.net.roll(backoff / 2 + 1));
+        self.push(at, Event::Dial(i, incarnation));
     }
 
     /// Node `i` goes down (see `Crash`).
@@ -258,10 +290,10 @@ impl Sim {
         }
     }
 
-    /// Restarts a crashed node, joining through the lowest-numbered other node that is up.
+    /// Restarts a crashed node with the fleet's seeds (nodes 0, 1, 2).
     pub fn restart(&mut self, i: usize) {
-        let seed = (0..self.nodes.len()).find(|s| *s != i && self.nodes[*s].up());
-        self.boot(i, seed);
+        let seeds: Vec<usize> = (0..self.nodes.len().min(3)).collect();
+        self.boot(i, seeds);
     }
 
     /// Node `i` stops (SIGSTOP): its inputs wait until `resume`.
@@ -382,6 +414,11 @@ impl Sim {
                 }
                 n.tick_at = None;
                 self.input(i, Input::Tick);
+            }
+            Event::Dial(i, incarnation) => {
+                if self.nodes[i].cfg.incarnation == incarnation {
+                    self.dial(i);
+                }
             }
             Event::Runtime { node, boot, op } => self.runtime_done(node, boot, op),
         }

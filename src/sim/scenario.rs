@@ -57,6 +57,8 @@ pub struct SweepOutcome {
     pub trace_hash: u64,
     pub virtual_ms: u64,
     pub delivered: u64,
+    /// Slots whose final claim has an epoch above 1 (placed again after a fault).
+    pub replaced: usize,
 }
 
 /// Virtual durations of the sweep, in ms (scaled down so 20 cases × 50 nodes run in a few
@@ -144,6 +146,12 @@ pub fn sweep_case(seed: u64, nodes: usize) -> SweepOutcome {
         minority[roll(minority.len())],
     ];
     let paused = majority_side[roll(majority_side.len())];
+    if std::env::var_os("SIM_VERBOSE").is_some() {
+        eprintln!(
+            "faults at {} ms: minority {minority:?}, partition {:?}, killed {killed:?}, paused {paused}",
+            sim.now.0, sim.net.partition
+        );
+    }
     sim.run_for(500);
     for k in killed {
         if sim.nodes[k].up() {
@@ -194,7 +202,11 @@ pub fn sweep_case(seed: u64, nodes: usize) -> SweepOutcome {
     if converged.is_none() {
         violations.extend(sim.liveness());
     }
+    let replaced = sim.up().next().map_or(0, |(_, n)| {
+        n.state().claims.values().filter(|c| c.epoch > 1).count()
+    });
     SweepOutcome {
+        replaced,
         seed,
         nodes,
         violations,

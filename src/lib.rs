@@ -14,6 +14,7 @@ pub mod node;
 pub mod placement;
 pub mod reconcile;
 pub mod runtime;
+pub mod sim;
 pub mod spec;
 pub mod state;
 pub mod store;

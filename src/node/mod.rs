@@ -1047,15 +1047,21 @@ impl<R: Rng> Node<R> {
                 if owner_present {
                     continue;
                 }
-                let gone_for = match self.members.peers.get(&c.node) {
+                let known = self.members.peers.get(&c.node);
+                let gone_for = match known {
                     Some(p) => Some(now.since(p.since)),
                     None if settled => Some(now.since(self.started_at.unwrap_or(now))),
                     None => None,
                 };
                 let Some(gone_for) = gone_for else { continue };
+                // A `majority` slot whose owner this node has never heard of is not re-placed:
+                // a node restarted out of reach of everyone sees a "majority" of one, and cannot
+                // tell whether the owner still runs the instance.
                 if spec.partition == PartitionMode::Majority
                     && !self.cfg.bugs.no_fence
-                    && (!self.members.sees_majority() || gone_for < t.lease_ms + t.drift_margin_ms)
+                    && (known.is_none()
+                        || !self.members.sees_majority()
+                        || gone_for < t.lease_ms + t.drift_margin_ms)
                 {
                     continue;
                 }

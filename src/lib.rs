@@ -5,8 +5,10 @@
 //! it (`agent`, `net`, `store`, `runtime`, `api`, `cli`). See `ARCHITECTURE.md`.
 
 pub mod agent;
+pub mod api;
 pub mod cli;
 pub mod ids;
+pub mod membership;
 pub mod node;
 pub mod placement;
 pub mod reconcile;

@@ -102,10 +102,11 @@ pub fn measure_capacity() -> Resources {
     if let Ok(mut sys) = sysinfo::System::new() {
         sys.refresh_memory();
         memory = sys.total_memory();
-        if let Some(limits) = sys.cgroup_limits() {
-            if limits.total_memory > 0 && limits.total_memory < memory {
-                memory = limits.total_memory;
-            }
+        if let Some(limits) = sys.cgroup_limits()
+            && limits.total_memory > 0
+            && limits.total_memory < memory
+        {
+            memory = limits.total_memory;
         }
     }
     Resources {
@@ -230,12 +231,15 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// API requests waiting for the core's reply: id → (is a write, where to answer).
+type Pending = BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)>;
+
 /// Executes the core's outputs in order.
 fn execute(
     node: &Node<StdRng>,
     store: &mut Store,
     cmd_tx: &mpsc::Sender<crate::runtime::RuntimeCommand>,
-    pending: &mut BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)>,
+    pending: &mut Pending,
     out: &mut Vec<Output>,
 ) {
     let mut persist_failed: Option<String> = None;

@@ -9,6 +9,7 @@ use tracing::{info, warn};
 
 use super::config::AgentConfig;
 use crate::ids::InstanceKey;
+use crate::runtime::docker::DockerDriver;
 use crate::runtime::process::ProcessDriver;
 use crate::runtime::{DriverError, Owner, Runtime, RuntimeCommand, RuntimeEvent};
 use crate::spec::DriverKind;
@@ -20,6 +21,23 @@ const MAX_IN_FLIGHT: usize = 16;
 #[derive(Clone)]
 pub struct Drivers {
     pub process: Option<Arc<ProcessDriver>>,
+    pub docker: Option<Arc<DockerDriver>>,
+}
+
+/// Calls the same method on whichever driver `kind` names, or fails with `missing`.
+macro_rules! on_driver {
+    ($self:expr, $kind:expr, |$d:ident| $call:expr) => {
+        match $kind {
+            DriverKind::Process => match &$self.process {
+                Some($d) => $call,
+                None => Err(Drivers::missing($kind)),
+            },
+            DriverKind::Docker => match &$self.docker {
+                Some($d) => $call,
+                None => Err(Drivers::missing($kind)),
+            },
+        }
+    };
 }
 
 impl Drivers {
@@ -39,10 +57,23 @@ impl Drivers {
         } else {
             None
         };
-        if want(DriverKind::Docker) {
-            info!("docker driver not available in this build; using the process driver");
-        }
-        Ok(Drivers { process })
+        let docker = if want(DriverKind::Docker) {
+            match DockerDriver::connect(owner, advertise_host).await {
+                Ok(d) => Some(Arc::new(d)),
+                Err(e) if cfg.runtimes.contains(&DriverKind::Docker) => {
+                    anyhow::bail!(
+                        "--runtime docker was asked for, but {e}; start the docker daemon or drop --runtime docker"
+                    )
+                }
+                Err(e) => {
+                    info!(reason = %e, "docker is not available; this node offers the process runtime only");
+                    None
+                }
+            }
+        } else {
+            None
+        };
+        Ok(Drivers { process, docker })
     }
 
     pub fn kinds(&self) -> BTreeSet<DriverKind> {
@@ -50,15 +81,23 @@ impl Drivers {
         if self.process.is_some() {
             k.insert(DriverKind::Process);
         }
+        if self.docker.is_some() {
+            k.insert(DriverKind::Docker);
+        }
         k
     }
 
     /// Starts every driver's watch for instances that end on their own.
     pub async fn watch(&self, events: mpsc::Sender<RuntimeEvent>) {
-        if let Some(p) = &self.process {
-            if let Err(e) = p.watch(events.clone()).await {
-                warn!(error = %e, "cannot watch process instances; relying on periodic listing");
-            }
+        if let Some(p) = &self.process
+            && let Err(e) = p.watch(events.clone()).await
+        {
+            warn!(error = %e, "cannot watch process instances; relying on periodic listing");
+        }
+        if let Some(d) = &self.docker
+            && let Err(e) = d.watch(events.clone()).await
+        {
+            warn!(error = %e, "cannot watch docker events; relying on periodic listing");
         }
     }
 
@@ -78,13 +117,7 @@ impl Drivers {
         follow: bool,
         tail: Option<usize>,
     ) -> Result<mpsc::Receiver<Vec<u8>>, DriverError> {
-        match kind {
-            DriverKind::Process => match &self.process {
-                Some(p) => p.logs(key, follow, tail).await,
-                None => Err(Self::missing(kind)),
-            },
-            DriverKind::Docker => Err(Self::missing(kind)),
-        }
+        on_driver!(self, kind, |d| d.logs(key, follow, tail).await)
     }
 
     async fn execute(
@@ -95,66 +128,45 @@ impl Drivers {
         match cmd {
             RuntimeCommand::Start(spec) => {
                 let key = spec.key.clone();
-                let result = match spec.driver() {
-                    DriverKind::Process => match &self.process {
-                        Some(p) => p.start(&spec, events).await,
-                        None => Err(Self::missing(DriverKind::Process)),
-                    },
-                    DriverKind::Docker => Err(Self::missing(DriverKind::Docker)),
-                };
-                Some(match result {
-                    Ok(o) => RuntimeEvent::Started {
-                        key,
-                        revision: o.revision,
-                        handle: o.handle,
-                        endpoint: o.endpoint,
-                    },
-                    Err(e) => {
-                        warn!(instance = %key, error = %e, "start failed");
-                        RuntimeEvent::StartFailed {
+                Some(
+                    match on_driver!(self, spec.driver(), |d| d.start(&spec, events).await) {
+                        Ok(o) => RuntimeEvent::Started {
                             key,
-                            retryable: e.retryable(),
-                            error: e.to_string(),
+                            revision: o.revision,
+                            handle: o.handle,
+                            endpoint: o.endpoint,
+                        },
+                        Err(e) => {
+                            warn!(instance = %key, error = %e, "start failed");
+                            RuntimeEvent::StartFailed {
+                                key,
+                                retryable: e.retryable(),
+                                error: e.to_string(),
+                            }
                         }
-                    }
-                })
+                    },
+                )
             }
             RuntimeCommand::Stop {
                 key,
                 driver,
                 grace_ms,
-            } => {
-                let result = match driver {
-                    DriverKind::Process => match &self.process {
-                        Some(p) => p.stop(&key, grace_ms).await,
-                        None => Err(Self::missing(driver)),
-                    },
-                    DriverKind::Docker => Err(Self::missing(driver)),
-                };
-                Some(match result {
+            } => Some(
+                match on_driver!(self, driver, |d| d.stop(&key, grace_ms).await) {
                     Ok(()) => RuntimeEvent::Stopped { key },
                     Err(e) => RuntimeEvent::StopFailed {
                         key,
                         error: e.to_string(),
                     },
-                })
-            }
-            RuntimeCommand::List { driver } => {
-                let result = match driver {
-                    DriverKind::Process => match &self.process {
-                        Some(p) => p.list().await,
-                        None => Err(Self::missing(driver)),
-                    },
-                    DriverKind::Docker => Err(Self::missing(driver)),
-                };
-                match result {
-                    Ok(instances) => Some(RuntimeEvent::Listed { driver, instances }),
-                    Err(e) => {
-                        warn!(driver = ?driver, error = %e, "listing failed");
-                        None
-                    }
+                },
+            ),
+            RuntimeCommand::List { driver } => match on_driver!(self, driver, |d| d.list().await) {
+                Ok(instances) => Some(RuntimeEvent::Listed { driver, instances }),
+                Err(e) => {
+                    warn!(driver = ?driver, error = %e, "listing failed");
+                    None
                 }
-            }
+            },
         }
     }
 }

@@ -11,13 +11,15 @@
 
 pub mod api;
 pub mod members;
+pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
 
-use rand::Rng;
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstanceKey, Millis, NodeId, RevisionId, SlotId};
+use crate::membership::{MemberEvent, MemberId, MemberOutput, MemberState, Membership, MembershipError, NodeMeta, SwimTuning};
 use crate::placement::{self, Auction, Bid, Ineligible, NodeFacts, OpenSlot, SpreadView};
 use crate::reconcile::{self, Desired, Effect, ReconcileTiming, Reconciler};
 use crate::runtime::{Handle, RuntimeCommand, RuntimeEvent};
@@ -29,6 +31,7 @@ use crate::state::{
 
 pub use api::{ApiError, ApiReply, ApiRequest};
 pub use members::{Members, Peer, PeerMeta, PeerState, PeerUpdate};
+pub use sync::SyncMsg;
 
 /// Timing of the core. Units are milliseconds. Presets per profile: `CoreTiming::lan()` and
 /// `CoreTiming::wan()`.
@@ -57,6 +60,9 @@ pub struct CoreTiming {
     /// An instance whose slot moved to another node keeps running until the new owner reports
     /// it running (make-before-break), but no longer than this.
     pub handover_max_ms: u64,
+    /// How often a node runs anti-entropy with one random live peer. Each round costs about
+    /// 600 bytes each way when nothing differs.
+    pub sync_interval_ms: u64,
     pub reconcile: ReconcileTiming,
 }
 
@@ -72,6 +78,7 @@ impl CoreTiming {
             drift_margin_ms: 2_000,
             startup_grace_ms: 10_000,
             handover_max_ms: 60_000,
+            sync_interval_ms: 5_000,
             reconcile: ReconcileTiming::default(),
         }
     }
@@ -87,6 +94,7 @@ impl CoreTiming {
             drift_margin_ms: 10_000,
             startup_grace_ms: 60_000,
             handover_max_ms: 120_000,
+            sync_interval_ms: 15_000,
             reconcile: ReconcileTiming::default(),
         }
     }
@@ -105,6 +113,44 @@ pub struct NodeConfig {
     pub runtimes: BTreeSet<DriverKind>,
     pub agent_version: String,
     pub timing: CoreTiming,
+    /// Multiaddrs peers use to reach this node (advertised through membership).
+    pub addrs: Vec<String>,
+    /// SWIM timing; `None` runs the node without membership (a fleet of one, and tests).
+    pub swim: Option<SwimTuning>,
+    /// Bugs switched on deliberately, to show that the chaos harness and the simulator catch
+    /// them. Never set in production (`SHOAL_TEST_BUGS`).
+    pub bugs: TestBugs,
+}
+
+/// Deliberate bugs for checking that invariant checks catch them. All off by default.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct TestBugs {
+    /// A node keeps running instances whose claim moved to another node.
+    pub skip_reclaim: bool,
+    /// A node bids and claims beyond its capacity.
+    pub ignore_capacity: bool,
+    /// `partition: majority` services are neither fenced nor held back in a minority.
+    pub no_fence: bool,
+}
+
+impl TestBugs {
+    /// Parses `skip-reclaim,ignore-capacity,no-fence`; unknown names are returned as errors.
+    pub fn parse(s: &str) -> Result<TestBugs, String> {
+        let mut b = TestBugs::default();
+        for name in s.split(',').map(str::trim).filter(|n| !n.is_empty()) {
+            match name {
+                "skip-reclaim" => b.skip_reclaim = true,
+                "ignore-capacity" => b.ignore_capacity = true,
+                "no-fence" => b.no_fence = true,
+                other => return Err(format!("unknown test bug {other:?} (known: skip-reclaim, ignore-capacity, no-fence)")),
+            }
+        }
+        Ok(b)
+    }
+
+    pub fn any(&self) -> bool {
+        self.skip_reclaim || self.ignore_capacity || self.no_fence
+    }
 }
 
 /// Gossip topics.
@@ -148,7 +194,16 @@ pub enum Input {
         req: ApiRequest,
     },
     Runtime(RuntimeEvent),
+    /// A membership change injected directly (tests, and nodes without SWIM).
     Peer(PeerUpdate),
+    /// A SWIM datagram from `/shoal/swim/1`.
+    Datagram { from: NodeId, bytes: Vec<u8> },
+    /// The transport connected to a node (a seed, or a peer that dialled us).
+    Connected { node: NodeId },
+    /// An anti-entropy request from a peer; answer with `Output::SyncReply { id }`.
+    SyncRequest { from: NodeId, id: u64, msg: SyncMsg },
+    /// The answer to one of our `Output::SyncRequest`s.
+    SyncResponse { from: NodeId, msg: SyncMsg },
 }
 
 /// Everything a node can ask of the outside world.
@@ -170,12 +225,20 @@ pub enum Output {
         id: u64,
         result: Result<ApiReply, ApiError>,
     },
+    /// A SWIM datagram for `/shoal/swim/1` (fire and forget).
+    Datagram { to: NodeId, bytes: Vec<u8> },
+    /// Where `node` can be dialled.
+    Addresses { node: NodeId, addrs: Vec<String> },
+    /// An anti-entropy request for `/shoal/sync/1`; its answer comes back as
+    /// `Input::SyncResponse`.
+    SyncRequest { to: NodeId, msg: SyncMsg },
+    /// The answer to `Input::SyncRequest { id }`.
+    SyncReply { id: u64, msg: SyncMsg },
 }
 
 /// One node's core.
 pub struct Node<R: Rng> {
     cfg: NodeConfig,
-    #[allow(dead_code)]
     rng: R,
     clock: HlcClock,
     state: ClusterState,
@@ -192,11 +255,18 @@ pub struct Node<R: Rng> {
     minority_since: Option<Millis>,
     /// Instances kept running after their slot moved, until the new owner runs it.
     handovers: BTreeMap<InstanceKey, Millis>,
+    membership: Option<Membership>,
+    /// The metadata last handed to membership.
+    published_meta: Option<NodeMeta>,
+    last_sync: BTreeMap<NodeId, Millis>,
+    next_sync: Millis,
+    /// Sync exchanges in flight, by peer (one at a time per peer).
+    syncing: BTreeMap<NodeId, Millis>,
 }
 
 impl<R: Rng> Node<R> {
     /// A node starting from `state` (what it had persisted, or empty).
-    pub fn new(cfg: NodeConfig, state: ClusterState, rng: R) -> Node<R> {
+    pub fn new(cfg: NodeConfig, state: ClusterState, mut rng: R) -> Result<Node<R>, MembershipError> {
         let mut clock = HlcClock::new(cfg.id.clone());
         for entry in state.services.values() {
             if let Some(rev) = entry.current() {
@@ -204,7 +274,14 @@ impl<R: Rng> Node<R> {
             }
         }
         let reconciler = Reconciler::new(cfg.timing.reconcile.clone());
-        Node {
+        let membership = match &cfg.swim {
+            Some(tuning) => {
+                let id = MemberId::new(cfg.id.clone(), cfg.incarnation, cfg.addrs.clone())?;
+                Some(Membership::new(id, node_meta(&cfg, Resources::default(), false), tuning.clone(), rng.random())?)
+            }
+            None => None,
+        };
+        Ok(Node {
             cfg,
             rng,
             clock,
@@ -220,6 +297,25 @@ impl<R: Rng> Node<R> {
             last_compact: Millis(0),
             minority_since: None,
             handovers: BTreeMap::new(),
+            membership,
+            published_meta: None,
+            last_sync: BTreeMap::new(),
+            next_sync: Millis(0),
+            syncing: BTreeMap::new(),
+        })
+    }
+
+    /// Membership, when the node runs SWIM.
+    pub fn membership(&self) -> Option<&Membership> {
+        self.membership.as_ref()
+    }
+
+    /// Announces a graceful departure: peers mark this node `left` at once.
+    pub fn leave(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if let Some(m) = &mut self.membership {
+            let mut mo = Vec::new();
+            m.leave(now, &mut mo);
+            self.apply_member_outputs(now, mo, out);
         }
     }
 
@@ -275,6 +371,9 @@ impl<R: Rng> Node<R> {
         if let Some(d) = self.reconciler.next_deadline() {
             consider(d);
         }
+        if let Some(d) = self.membership.as_ref().and_then(Membership::next_deadline) {
+            consider(d);
+        }
         for o in self.auction.open.values() {
             if o.my_bid.is_some() {
                 consider(o.opened_at.plus(self.bid_window()));
@@ -321,24 +420,179 @@ impl<R: Rng> Node<R> {
                     self.members.refresh_stable_size();
                 }
             }
+            Input::Datagram { from, bytes } => {
+                if let Some(m) = &mut self.membership {
+                    let mut mo = Vec::new();
+                    m.handle_datagram(now, &from, &bytes, &mut mo);
+                    self.apply_member_outputs(now, mo, out);
+                }
+            }
+            Input::Connected { node } => {
+                let known = self.membership.as_ref().is_some_and(|m| m.member(&node).is_some_and(|x| x.state.is_active()));
+                if !known && let Some(m) = &mut self.membership {
+                    let mut mo = Vec::new();
+                    m.announce(now, node, &mut mo);
+                    self.apply_member_outputs(now, mo, out);
+                }
+            }
+            Input::SyncRequest { from, id, msg } => {
+                let reply = self.on_sync_request(now, &from, msg, out);
+                out.push(Output::SyncReply { id, msg: reply });
+            }
+            Input::SyncResponse { from, msg } => self.on_sync_response(now, from, msg, out),
         }
         self.drive(now, out);
+    }
+
+    /// Folds membership outputs in: datagrams and addresses go out, events update the view.
+    fn apply_member_outputs(&mut self, now: Millis, mo: Vec<MemberOutput>, out: &mut Vec<Output>) {
+        for o in mo {
+            match o {
+                MemberOutput::Datagram { to, bytes } => out.push(Output::Datagram { to, bytes }),
+                MemberOutput::Addresses { node, addrs } => out.push(Output::Addresses { node, addrs }),
+                MemberOutput::Event(ev) => {
+                    let (MemberEvent::Up(id) | MemberEvent::Suspect(id) | MemberEvent::Down(id) | MemberEvent::Left(id) | MemberEvent::MetaChanged(id)) = &ev;
+                    if id == &self.cfg.id {
+                        continue;
+                    }
+                    let Some(m) = self.membership.as_ref().and_then(|m| m.member(id)) else { continue };
+                    let update = PeerUpdate {
+                        node: id.clone(),
+                        state: match m.state {
+                            MemberState::Alive => PeerState::Alive,
+                            MemberState::Suspect => PeerState::Suspect,
+                            MemberState::Down => PeerState::Down,
+                            MemberState::Left => PeerState::Left,
+                        },
+                        incarnation: m.incarnation,
+                        meta: m.meta.as_ref().map(peer_meta),
+                    };
+                    match &ev {
+                        MemberEvent::Up(_) => tracing::info!(peer = %id, incarnation = m.incarnation, "member up"),
+                        MemberEvent::Down(_) => tracing::warn!(peer = %id, "member down"),
+                        MemberEvent::Left(_) => tracing::info!(peer = %id, "member left"),
+                        _ => {}
+                    }
+                    let up = matches!(ev, MemberEvent::Up(_));
+                    if self.members.apply(now, update) {
+                        self.members.refresh_stable_size();
+                    }
+                    // A member that (re)appears gets our whole state at once.
+                    if up {
+                        self.start_sync(now, id.clone(), out);
+                    }
+                }
+            }
+        }
+    }
+
+    fn start_sync(&mut self, now: Millis, to: NodeId, out: &mut Vec<Output>) {
+        if self.syncing.get(&to).is_some_and(|t| now.since(*t) < 10_000) {
+            return;
+        }
+        self.syncing.insert(to.clone(), now);
+        out.push(Output::SyncRequest { to, msg: SyncMsg::Digest(sync::digest(&self.state)) });
+    }
+
+    fn on_sync_request(&mut self, now: Millis, from: &NodeId, msg: SyncMsg, out: &mut Vec<Output>) -> SyncMsg {
+        match msg {
+            SyncMsg::Digest(theirs) => {
+                let d = sync::differing(&sync::digest(&self.state), &theirs);
+                let (state, complete) = sync::entries_in(&self.state, &d, sync::MAX_SYNC_ENTRY_BYTES);
+                SyncMsg::Entries { state, differing: d.into_iter().map(|b| b as u16).collect(), complete }
+            }
+            SyncMsg::Push(state) => {
+                self.merge_remote(now, state, out);
+                self.last_sync.insert(from.clone(), now);
+                SyncMsg::Ack
+            }
+            // Responses sent as requests: a confused or hostile peer; nothing to do.
+            SyncMsg::Entries { .. } | SyncMsg::Ack => {
+                self.counters.deltas_rejected += 1;
+                SyncMsg::Ack
+            }
+        }
+    }
+
+    fn on_sync_response(&mut self, now: Millis, from: NodeId, msg: SyncMsg, out: &mut Vec<Output>) {
+        match msg {
+            SyncMsg::Entries { state, differing, .. } => {
+                self.merge_remote(now, state, out);
+                let buckets: BTreeSet<usize> = differing.into_iter().map(usize::from).filter(|b| *b < sync::BUCKETS).collect();
+                if buckets.is_empty() {
+                    self.syncing.remove(&from);
+                    self.last_sync.insert(from, now);
+                    return;
+                }
+                let (mine, _) = sync::entries_in(&self.state, &buckets, sync::MAX_SYNC_ENTRY_BYTES);
+                out.push(Output::SyncRequest { to: from, msg: SyncMsg::Push(mine) });
+            }
+            SyncMsg::Ack => {
+                self.syncing.remove(&from);
+                self.last_sync.insert(from, now);
+            }
+            SyncMsg::Digest(_) | SyncMsg::Push(_) => {
+                self.counters.deltas_rejected += 1;
+                self.syncing.remove(&from);
+            }
+        }
+    }
+
+    /// Merges state that came from a peer (gossip or sync) and persists what changed.
+    fn merge_remote(&mut self, now: Millis, delta: ClusterState, out: &mut Vec<Output>) {
+        for entry in delta.services.values() {
+            for stamp in entry.history.keys() {
+                self.clock.observe(now, stamp);
+            }
+        }
+        if self.state.merge(&delta) {
+            out.push(Output::Persist(delta));
+        }
+    }
+
+    /// Anti-entropy with one random present peer every `sync_interval_ms`; forgets exchanges
+    /// that never finished.
+    fn periodic_sync(&mut self, now: Millis, out: &mut Vec<Output>) {
+        self.syncing.retain(|_, t| now.since(*t) < 10_000);
+        if now < self.next_sync {
+            return;
+        }
+        let interval = self.cfg.timing.sync_interval_ms;
+        // Jitter so that nodes started together do not sync in lockstep.
+        self.next_sync = now.plus(interval / 2 + self.rng.random_range(0..=interval));
+        let peers: Vec<NodeId> = self.members.present().map(|(id, _)| id.clone()).collect();
+        if peers.is_empty() {
+            return;
+        }
+        let pick = peers[self.rng.random_range(0..peers.len())].clone();
+        self.start_sync(now, pick, out);
+    }
+
+    /// Hands changed metadata (allocation, draining) to membership, which rate-limits it.
+    fn publish_meta(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.membership.is_none() {
+            return;
+        }
+        let meta = node_meta(&self.cfg, self.allocated(now), self.state.draining(&self.cfg.id));
+        if self.published_meta.as_ref().is_some_and(|p| same_meta(p, &meta)) {
+            return;
+        }
+        let mut mo = Vec::new();
+        let m = self.membership.as_mut().expect("checked above");
+        match m.set_meta(now, meta.clone(), &mut mo) {
+            Ok(()) => self.published_meta = Some(meta),
+            Err(e) => tracing::warn!(error = %e, "cannot publish node metadata"),
+        }
+        self.apply_member_outputs(now, mo, out);
     }
 
     fn on_message(&mut self, now: Millis, from: NodeId, msg: Message, out: &mut Vec<Output>) {
         match msg {
             Message::Delta(delta) => {
                 self.counters.deltas_received += 1;
-                for entry in delta.services.values() {
-                    for stamp in entry.history.keys() {
-                        self.clock.observe(now, stamp);
-                    }
-                }
                 // A node's report is written only by that node: a delta from another node that
                 // carries our own report is stale gossip and cannot change it (markers decide).
-                if self.state.merge(&delta) {
-                    out.push(Output::Persist(delta));
-                }
+                self.merge_remote(now, delta, out);
             }
             Message::Bids(bids) => {
                 self.counters.bids_received += bids.len() as u64;
@@ -562,6 +816,12 @@ impl<R: Rng> Node<R> {
     /// Everything that is due: compaction, relisting, placement, reconcile, report.
     fn drive(&mut self, now: Millis, out: &mut Vec<Output>) {
         let t = self.cfg.timing.clone();
+        if let Some(m) = &mut self.membership {
+            let mut mo = Vec::new();
+            m.tick(now, &mut mo);
+            self.apply_member_outputs(now, mo, out);
+        }
+        self.periodic_sync(now, out);
         if now.since(self.last_compact) >= t.compact_ms {
             self.last_compact = now;
             self.state.compact(now);
@@ -599,6 +859,7 @@ impl<R: Rng> Node<R> {
         drop(desired);
         self.apply_effects(now, effects, out);
         self.maybe_report(now, out);
+        self.publish_meta(now, out);
     }
 
     fn apply_effects(&mut self, _now: Millis, effects: Vec<Effect>, out: &mut Vec<Output>) {
@@ -1252,7 +1513,7 @@ impl<R: Rng> Node<R> {
                 })
                 .collect(),
             counters: self.counters(),
-            last_sync: BTreeMap::new(),
+            last_sync: self.last_sync.iter().map(|(n, t)| (n.0.clone(), t.0)).collect(),
             faults: Vec::new(),
         }
     }
@@ -1261,7 +1522,7 @@ impl<R: Rng> Node<R> {
         let me = self.meta(now);
         let mut rows = vec![api::NodeView {
             id: self.cfg.id.0.clone(),
-            addresses: me.addrs.clone(),
+            addresses: self.cfg.addrs.clone(),
             labels: me.labels.clone(),
             state: "alive".into(),
             incarnation: self.cfg.incarnation,
@@ -1298,6 +1559,40 @@ impl<R: Rng> Node<R> {
         }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
+    }
+}
+
+/// The metadata record this node advertises through membership.
+fn node_meta(cfg: &NodeConfig, allocated: Resources, draining: bool) -> NodeMeta {
+    NodeMeta {
+        version: 0,
+        labels: cfg.labels.clone(),
+        cpu_millis: cfg.capacity.cpu_millis,
+        memory_bytes: cfg.capacity.memory_bytes,
+        allocated_cpu_millis: allocated.cpu_millis,
+        allocated_memory_bytes: allocated.memory_bytes,
+        draining,
+        runtimes: cfg.runtimes.iter().copied().collect(),
+        agent_version: cfg.agent_version.clone(),
+        addrs: cfg.addrs.clone(),
+    }
+}
+
+fn same_meta(a: &NodeMeta, b: &NodeMeta) -> bool {
+    NodeMeta { version: 0, ..a.clone() } == NodeMeta { version: 0, ..b.clone() }
+}
+
+/// What the core keeps of a peer's advertised metadata.
+fn peer_meta(m: &NodeMeta) -> PeerMeta {
+    PeerMeta {
+        version: m.version,
+        labels: m.labels.clone(),
+        capacity: Resources { cpu_millis: m.cpu_millis, memory_bytes: m.memory_bytes },
+        allocated: Resources { cpu_millis: m.allocated_cpu_millis, memory_bytes: m.allocated_memory_bytes },
+        runtimes: m.runtimes.iter().copied().collect(),
+        draining: m.draining,
+        agent_version: m.agent_version.clone(),
+        addrs: m.addrs.clone(),
     }
 }
 

@@ -1,0 +1,1027 @@
+//! Membership: who is in the cluster, who is alive, and what each node says about itself.
+//! SWIM with suspicion (through `foca`), node metadata carried as custom broadcasts, and a
+//! "leaving" notice so that a graceful exit (`Left`) is told apart from a crash (`Down`).
+//!
+//! Sans-IO and deterministic: time comes in as `Millis`, randomness from a caller seed,
+//! datagrams go out as `MemberOutput::Datagram` and come in through `handle_datagram`. Nothing
+//! here reads a clock, a socket, a file or an OS random source; the transport is `net/`.
+//!
+//! Invariants:
+//! - `members()` holds every node foca knows (alive, suspect, down or left, until the
+//!   tombstone is collected after `remove_down_after_ms`) plus this node, sorted by id.
+//! - At most one life per node: a higher `(incarnation, renewal)` replaces the older life and
+//!   yields `Up` again.
+//! - Every input is bounded: oversized or undecodable datagrams are counted and dropped.
+
+mod identity;
+mod meta;
+mod tuning;
+mod wire;
+
+#[cfg(test)]
+mod sim_tests;
+
+use std::collections::BTreeMap;
+use std::time::Duration;
+
+use foca::{Codec, OwnedNotification, PostcardCodec, Timer};
+use rand::SeedableRng;
+use rand::rngs::Xoshiro256PlusPlus;
+
+use crate::ids::{Millis, NodeId};
+
+pub use identity::{IdentityError, MAX_ADDR_BYTES, MAX_ADDRS, MemberId};
+pub use meta::{
+    MAX_AGENT_VERSION_BYTES, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS,
+    MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta,
+};
+pub use tuning::{Profile, SwimTuning, TuningError};
+
+use meta::{Handler, Item, MetaRecord, SharedStore, Stamp};
+use wire::Kind;
+
+type Foca = foca::Foca<MemberId, PostcardCodec, Xoshiro256PlusPlus, Handler>;
+
+/// How this node sees a member.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberState {
+    /// Answering probes.
+    Alive,
+    /// Missed a probe; declared `Down` unless it refutes within `suspect_to_down_ms`. Still
+    /// counted as alive.
+    Suspect,
+    /// Declared dead by the cluster (crash, kill, partition, pause longer than the suspicion).
+    Down,
+    /// Left on purpose (`Membership::leave`).
+    Left,
+}
+
+impl MemberState {
+    /// Alive or suspect: a member SWIM still probes.
+    pub fn is_active(self) -> bool {
+        matches!(self, MemberState::Alive | MemberState::Suspect)
+    }
+}
+
+/// One member as this node sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Member {
+    pub id: NodeId,
+    /// The incarnation of the life we know (grows at every agent start).
+    pub incarnation: u64,
+    pub state: MemberState,
+    /// Its newest metadata we have, if any has arrived yet. May belong to the previous life
+    /// for a moment after a restart.
+    pub meta: Option<NodeMeta>,
+    /// Where it listens (from its identity).
+    pub addrs: Vec<String>,
+    /// When a datagram from it last arrived here (`Millis(0)`: never directly).
+    pub last_heard: Millis,
+    /// When `state` last changed here.
+    pub state_since: Millis,
+}
+
+/// A change worth telling the rest of the node about.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub enum MemberEvent {
+    /// The member is (again) alive: newly seen, back from suspicion, or a new life after a
+    /// restart or rejoin (even if the old life was never seen down).
+    Up(NodeId),
+    /// The member missed a probe and may be declared down soon.
+    Suspect(NodeId),
+    /// The member was declared down.
+    Down(NodeId),
+    /// The member left on purpose. May follow a `Down` for the same life when the leaving
+    /// notice arrives after the down update.
+    Left(NodeId),
+    /// The member's metadata changed.
+    MetaChanged(NodeId),
+}
+
+/// What `Membership` asks of its caller.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum MemberOutput {
+    /// Send these bytes to `to` over `/shoal/swim/1`. Fire and forget: a failed send is a
+    /// missed ack and SWIM deals with it.
+    Datagram {
+        to: NodeId,
+        bytes: Vec<u8>,
+    },
+    Event(MemberEvent),
+    /// Where `node` can be dialled (put it in the transport's address book).
+    Addresses {
+        node: NodeId,
+        addrs: Vec<String>,
+    },
+}
+
+/// Counters, for metrics and tests.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct MembershipStats {
+    pub datagrams_in: u64,
+    pub datagrams_out: u64,
+    pub bytes_in: u64,
+    pub bytes_out: u64,
+    /// Datagrams dropped because they could not be decoded (envelope, SWIM packet or record).
+    pub decode_errors: u64,
+    /// Datagrams dropped because they were larger than `max_packet_size`.
+    pub oversize: u64,
+    /// Datagrams whose SWIM sender or record owner was not the transport-level sender.
+    pub spoofed: u64,
+    /// Broadcast items (metadata, leaving) refused: undecodable, out of bounds, store full.
+    pub broadcast_rejected: u64,
+    pub meta_pulls_sent: u64,
+    /// Errors foca reported while handling a timer (never expected; logged at debug).
+    pub timer_errors: u64,
+    /// Inputs ignored because this node has left.
+    pub ignored_after_leave: u64,
+}
+
+/// Why `Membership::new` refused its arguments.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum MembershipError {
+    #[error("member id: {0}")]
+    Identity(#[from] IdentityError),
+    #[error("metadata: {0}")]
+    Meta(#[from] MetaError),
+    #[error("swim tuning: {0}")]
+    Tuning(#[from] TuningError),
+}
+
+/// One node's view of cluster membership. See the module docs.
+pub struct Membership {
+    foca: Foca,
+    store: SharedStore,
+    rt: Collect,
+    tuning: SwimTuning,
+    me: NodeId,
+    /// The latest local metadata (version = the version it is or will be published under).
+    meta: NodeMeta,
+    /// The record last handed to foca for dissemination; answers pulls.
+    published: MetaRecord,
+    published_at: Option<Millis>,
+    meta_pending: bool,
+    timers: BTreeMap<(Millis, u64), Timer<MemberId>>,
+    timer_seq: u64,
+    tracked: BTreeMap<NodeId, Tracked>,
+    /// When a metadata pull was last sent to each node.
+    pulled: BTreeMap<NodeId, Millis>,
+    scan: u64,
+    /// The highest foca incarnation of ours a peer's suspicion flag made us refute.
+    refuted: Option<u16>,
+    /// Our identity as postcard encodes it, and our foca incarnation read after it from the
+    /// last packet we sent (foca does not expose its own incarnation).
+    own_id_bytes: Vec<u8>,
+    own_incarnation: u16,
+    /// Suspicions our own probes started: notices still to send to the suspect.
+    notices: BTreeMap<NodeId, Notice>,
+    left: bool,
+    stats: MembershipStats,
+}
+
+/// Repeated "you are suspected" notices, so one lost datagram does not decide.
+struct Notice {
+    next: Millis,
+    life: (u64, u32),
+    incarnation: u16,
+    left: u8,
+}
+
+/// Notices sent per suspicion started by our own probe, spread over the suspicion timeout.
+const NOTICES_PER_SUSPICION: u8 = 3;
+
+struct Tracked {
+    member: Member,
+    renewal: u32,
+    /// Foca's view of this life: `state` may say `Left` where foca still says alive or down.
+    foca_state: MemberState,
+    /// Foca's incarnation of this life (bumped by the member to refute suspicion).
+    foca_incarnation: u16,
+    /// The scan that last found it in foca's state (tombstones foca forgot are dropped).
+    seen: u64,
+}
+
+impl Membership {
+    /// A node that knows only itself. `rng_seed` is the only randomness (probe order, gossip
+    /// targets): from the OS in the agent, from the scenario in tests.
+    pub fn new(
+        me: MemberId,
+        mut meta: NodeMeta,
+        tuning: SwimTuning,
+        rng_seed: u64,
+    ) -> Result<Self, MembershipError> {
+        me.validate()?;
+        meta.validate()?;
+        tuning.validate()?;
+        meta.version = 1;
+        let store = SharedStore::default();
+        let foca = Foca::with_custom_broadcast(
+            me.clone(),
+            tuning.foca_config(),
+            Xoshiro256PlusPlus::seed_from_u64(rng_seed),
+            PostcardCodec,
+            Handler(store.clone()),
+        );
+        let published = MetaRecord {
+            node: me.node.clone(),
+            incarnation: me.incarnation,
+            meta,
+        };
+        let self_member = Member {
+            id: me.node.clone(),
+            incarnation: me.incarnation,
+            state: MemberState::Alive,
+            meta: Some(published.meta.clone()),
+            addrs: me.addrs.clone(),
+            last_heard: Millis(0),
+            state_since: Millis(0),
+        };
+        let mut m = Membership {
+            foca,
+            store,
+            rt: Collect::default(),
+            tuning,
+            me: me.node.clone(),
+            meta: published.meta.clone(),
+            published: published.clone(),
+            published_at: None,
+            meta_pending: false,
+            timers: BTreeMap::new(),
+            timer_seq: 0,
+            tracked: BTreeMap::new(),
+            pulled: BTreeMap::new(),
+            scan: 0,
+            refuted: None,
+            own_id_bytes: postcard::to_allocvec(&me).expect("encoding to a Vec cannot fail"),
+            own_incarnation: 0,
+            notices: BTreeMap::new(),
+            left: false,
+            stats: MembershipStats::default(),
+        };
+        m.tracked.insert(
+            me.node,
+            Tracked {
+                member: self_member,
+                renewal: 0,
+                foca_state: MemberState::Alive,
+                foca_incarnation: 0,
+                seen: 0,
+            },
+        );
+        m.broadcast_item(&Item::Meta(published));
+        Ok(m)
+    }
+
+    pub fn me(&self) -> &NodeId {
+        &self.me
+    }
+
+    /// This node's current identity (its renewal grows when it auto-rejoins).
+    pub fn identity(&self) -> &MemberId {
+        self.foca.identity()
+    }
+
+    pub fn tuning(&self) -> &SwimTuning {
+        &self.tuning
+    }
+
+    /// Asks `to` (typically a seed just connected to) to let us in. Repeat it for each seed;
+    /// announcing to a member already known is harmless.
+    pub fn announce(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
+        if self.left || to == self.me {
+            return;
+        }
+        if let Err(e) = self.foca.announce(MemberId::placeholder(to), &mut self.rt) {
+            tracing::debug!(error = %e, "swim announce failed");
+        }
+        self.after_foca(now, out, true);
+    }
+
+    /// Feeds a datagram received from `from` (the transport-authenticated sender). Bad bytes
+    /// are counted and dropped.
+    pub fn handle_datagram(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        bytes: &[u8],
+        out: &mut Vec<MemberOutput>,
+    ) {
+        if self.left {
+            self.stats.ignored_after_leave += 1;
+            return;
+        }
+        self.stats.datagrams_in += 1;
+        self.stats.bytes_in += bytes.len() as u64;
+        if bytes.len() > self.tuning.max_packet_size + wire::MAX_ENVELOPE_BYTES {
+            self.stats.oversize += 1;
+            tracing::debug!(from = %from, len = bytes.len(), "swim datagram too big, dropped");
+            return;
+        }
+        let (kind, payload) = match wire::decode(bytes) {
+            Ok(decoded) => decoded,
+            Err(e) => {
+                self.stats.decode_errors += 1;
+                tracing::debug!(from = %from, error = ?e, "swim envelope undecodable, dropped");
+                return;
+            }
+        };
+        match kind {
+            Kind::Swim { meta, suspect } => {
+                self.handle_swim(now, from, meta, suspect, payload, out)
+            }
+            Kind::MetaPull if payload.is_empty() => {
+                let bytes = wire::encode(Kind::MetaPush, &self.published_item());
+                self.emit_datagram(from.clone(), bytes, out);
+            }
+            Kind::Suspected { incarnation } if payload.is_empty() => {
+                self.answer_suspicion(now, from, incarnation, out)
+            }
+            Kind::MetaPull | Kind::Suspected { .. } => self.stats.decode_errors += 1,
+            Kind::MetaPush => match Item::decode(payload) {
+                Ok(Item::Meta(record)) if record.node == *from => {
+                    let offered = self.store.lock().offer_meta(record);
+                    if offered.is_err() {
+                        self.stats.broadcast_rejected += 1;
+                    }
+                    self.heard(now, from);
+                    self.sync_store(now, out);
+                }
+                Ok(_) => self.stats.spoofed += 1,
+                Err(_) => self.stats.decode_errors += 1,
+            },
+        }
+    }
+
+    fn handle_swim(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        stamp: Stamp,
+        suspect: Option<u16>,
+        payload: &[u8],
+        out: &mut Vec<MemberOutput>,
+    ) {
+        // Foca trusts the sender named in the packet; the transport knows the real one.
+        let mut rest = payload;
+        let quiet = match Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut rest) {
+            Ok(header) if header.src.node == *from => {
+                if let Some(incarnation) = suspect
+                    && header.dst == *self.foca.identity()
+                {
+                    self.refute(incarnation);
+                }
+                self.is_quiet(&header, rest)
+            }
+            Ok(_) => {
+                self.stats.spoofed += 1;
+                tracing::debug!(from = %from, "swim packet names another sender, dropped");
+                return;
+            }
+            Err(_) => {
+                self.stats.decode_errors += 1;
+                tracing::debug!(from = %from, "swim packet undecodable, dropped");
+                return;
+            }
+        };
+        if let Err(e) = self.foca.handle_data(payload, &mut self.rt) {
+            match e {
+                foca::Error::CustomBroadcast(_) => self.stats.broadcast_rejected += 1,
+                foca::Error::DataFromOurselves | foca::Error::IndirectForOurselves => {
+                    self.stats.spoofed += 1
+                }
+                _ => self.stats.decode_errors += 1,
+            }
+            tracing::debug!(from = %from, error = %e, "swim packet refused");
+        }
+        self.after_foca(now, out, !quiet);
+        self.heard(now, from);
+        self.maybe_pull(now, from, stamp, out);
+    }
+
+    /// Fires every foca timer due at `now`, publishes a coalesced metadata change whose window
+    /// has passed and asks members whose metadata is missing for it.
+    pub fn tick(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.left {
+            return;
+        }
+        let mut scan = false;
+        while let Some(entry) = self.timers.first_entry() {
+            if entry.key().0 > now {
+                break;
+            }
+            let timer = entry.remove();
+            // Only these change member states; the others only send.
+            scan |= matches!(
+                timer,
+                Timer::ProbeRandomMember(_)
+                    | Timer::ChangeSuspectToDown { .. }
+                    | Timer::RemoveDown(_)
+            );
+            if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
+                self.stats.timer_errors += 1;
+                tracing::debug!(error = %e, "swim timer failed");
+            }
+        }
+        if self.meta_pending && self.meta_window_open(now) {
+            self.publish_meta(now);
+        }
+        if let Some(me) = self.tracked.get_mut(&self.me) {
+            me.member.last_heard = now;
+        }
+        self.after_foca(now, out, scan);
+        self.pull_missing_meta(now, out);
+    }
+
+    /// When `tick` next has work to do.
+    pub fn next_deadline(&self) -> Option<Millis> {
+        if self.left {
+            return None;
+        }
+        let timer = self.timers.keys().next().map(|(at, _)| *at);
+        let notice = self.notices.values().map(|n| n.next).min();
+        let meta = match (self.meta_pending, self.published_at) {
+            (true, Some(at)) => Some(at.plus(self.tuning.meta_min_interval_ms)),
+            (true, None) => Some(Millis(0)),
+            (false, _) => None,
+        };
+        timer.into_iter().chain(meta).chain(notice).min()
+    }
+
+    /// Replaces this node's metadata. Its `version` is assigned here. Published at once unless
+    /// a change was published less than `meta_min_interval_ms` ago; then it waits for the
+    /// window and coalesces with later changes. The local view (`member(me)`) changes at once.
+    pub fn set_meta(
+        &mut self,
+        now: Millis,
+        mut meta: NodeMeta,
+        out: &mut Vec<MemberOutput>,
+    ) -> Result<(), MetaError> {
+        meta.validate()?;
+        meta.version = self.published.meta.version + 1;
+        let size = MetaRecord {
+            node: self.me.clone(),
+            incarnation: 0,
+            meta: meta.clone(),
+        }
+        .encode()
+        .len();
+        if size > meta::MAX_META_RECORD_BYTES {
+            return Err(MetaError::TooBig { len: size });
+        }
+        if meta == self.meta {
+            return Ok(());
+        }
+        self.meta = meta.clone();
+        if let Some(me) = self.tracked.get_mut(&self.me) {
+            me.member.meta = Some(meta);
+        }
+        if self.left {
+            return Ok(());
+        }
+        if self.meta_window_open(now) {
+            self.publish_meta(now);
+            self.after_foca(now, out, true);
+        } else {
+            self.meta_pending = true;
+        }
+        Ok(())
+    }
+
+    /// Leaves gracefully: peers mark this node `Left` (not `Down`). Afterwards every input is
+    /// ignored; build a new `Membership` with a higher incarnation to come back.
+    pub fn leave(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.left {
+            return;
+        }
+        let id = self.foca.identity().clone();
+        self.broadcast_item(&Item::Leaving {
+            node: id.node,
+            incarnation: id.incarnation,
+            renewal: id.renewal,
+        });
+        if let Err(e) = self.foca.leave_cluster(&mut self.rt) {
+            tracing::debug!(error = %e, "swim leave failed");
+        }
+        self.left = true;
+        self.meta_pending = false;
+        self.timers.clear();
+        self.notices.clear();
+        if let Some(me) = self.tracked.get_mut(&self.me) {
+            me.member.state = MemberState::Left;
+            me.member.state_since = now;
+        }
+        self.after_foca(now, out, true);
+    }
+
+    /// Every member, this node included, sorted by id.
+    pub fn members(&self) -> impl Iterator<Item = &Member> {
+        self.tracked.values().map(|t| &t.member)
+    }
+
+    pub fn member(&self, id: &NodeId) -> Option<&Member> {
+        self.tracked.get(id).map(|t| &t.member)
+    }
+
+    /// Members alive or suspect, this node included (unless it left).
+    pub fn alive_count(&self) -> usize {
+        self.members().filter(|m| m.state.is_active()).count()
+    }
+
+    pub fn stats(&self) -> MembershipStats {
+        let mut s = self.stats;
+        s.broadcast_rejected += self.store.lock().rejected;
+        s
+    }
+
+    // ---- internals ----
+
+    fn meta_window_open(&self, now: Millis) -> bool {
+        self.published_at
+            .is_none_or(|at| now.since(at) >= self.tuning.meta_min_interval_ms)
+    }
+
+    fn publish_meta(&mut self, now: Millis) {
+        self.meta.version = self.published.meta.version + 1;
+        self.published = MetaRecord {
+            node: self.me.clone(),
+            incarnation: self.foca.identity().incarnation,
+            meta: self.meta.clone(),
+        };
+        self.published_at = Some(now);
+        self.meta_pending = false;
+        if let Some(me) = self.tracked.get_mut(&self.me) {
+            me.member.meta = Some(self.meta.clone());
+        }
+        self.broadcast_item(&Item::Meta(self.published.clone()));
+    }
+
+    fn published_item(&self) -> Vec<u8> {
+        self.published.encode()
+    }
+
+    fn broadcast_item(&mut self, item: &Item) {
+        let bytes = postcard::to_allocvec(item).expect("encoding to a Vec cannot fail");
+        if let Err(e) = self.foca.add_broadcast(&bytes) {
+            // Sizes are checked before; reaching here is a bug worth seeing in the logs.
+            tracing::warn!(error = %e, len = bytes.len(), "swim broadcast refused");
+        }
+        // Our own record lands in the store too: not news for the rest of this node.
+        let mut store = self.store.lock();
+        store.meta_changed.retain(|n| *n != self.me);
+        store.left.retain(|n| *n != self.me);
+    }
+
+    fn heard(&mut self, now: Millis, from: &NodeId) {
+        if let Some(t) = self.tracked.get_mut(from) {
+            t.member.last_heard = now;
+        }
+    }
+
+    fn emit_datagram(&mut self, to: NodeId, bytes: Vec<u8>, out: &mut Vec<MemberOutput>) {
+        self.stats.datagrams_out += 1;
+        self.stats.bytes_out += bytes.len() as u64;
+        out.push(MemberOutput::Datagram { to, bytes });
+    }
+
+    /// A packet that cannot change any member state: it carries no membership update and its
+    /// sender is a life foca already holds alive at the incarnation the header names. (Foca
+    /// applies "sender alive at its incarnation", a no-op then.) Most pings and acks are quiet,
+    /// which spares the O(members) scan.
+    fn is_quiet(&self, header: &foca::Header<MemberId>, rest: &[u8]) -> bool {
+        let no_updates = match rest {
+            [] | [_] => true,
+            [hi, lo, ..] => {
+                header.message == foca::Message::Broadcast || u16::from_be_bytes([*hi, *lo]) == 0
+            }
+        };
+        no_updates
+            && self.tracked.get(&header.src.node).is_some_and(|t| {
+                (t.member.incarnation, t.renewal, &t.member.addrs)
+                    == (
+                        header.src.incarnation,
+                        header.src.renewal,
+                        &header.src.addrs,
+                    )
+                    && t.foca_state == MemberState::Alive
+                    && t.foca_incarnation == header.src_incarnation
+            })
+    }
+
+    /// The sender suspects us at foca `incarnation`: let foca refute it (bump its incarnation
+    /// and gossip) before answering, so the answer itself carries the refutation. Flags at or
+    /// below one already refuted are stale and ignored (foca would gossip for nothing).
+    fn refute(&mut self, incarnation: u16) {
+        if self.refuted.is_some_and(|done| incarnation <= done) {
+            return;
+        }
+        self.refuted = Some(incarnation);
+        let me = foca::Member::new(
+            self.foca.identity().clone(),
+            incarnation,
+            foca::State::Suspect,
+        );
+        if let Err(e) = self
+            .foca
+            .apply_many(std::iter::once(me), true, &mut self.rt)
+        {
+            tracing::debug!(error = %e, "swim refutation failed");
+        }
+    }
+
+    /// Pulls the sender's record when its packet shows a newer one than we have.
+    fn maybe_pull(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        stamp: Stamp,
+        out: &mut Vec<MemberOutput>,
+    ) {
+        let stale = self
+            .store
+            .lock()
+            .stamp_of(from)
+            .is_none_or(|known| known < stamp);
+        if stale && self.tracked.contains_key(from) && self.pull_due(now, from) {
+            self.send_pull(now, from.clone(), out);
+        }
+    }
+
+    fn pull_due(&self, now: Millis, node: &NodeId) -> bool {
+        self.pulled
+            .get(node)
+            .is_none_or(|at| now.since(*at) >= self.tuning.meta_pull_retry_ms)
+    }
+
+    fn send_pull(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
+        self.stats.meta_pulls_sent += 1;
+        self.pulled.insert(to.clone(), now);
+        self.emit_datagram(to, wire::encode(Kind::MetaPull, &[]), out);
+    }
+
+    /// Active members whose metadata never arrived (a join missed their broadcast), a few
+    /// per tick, each retried after `meta_pull_retry_ms`.
+    fn pull_missing_meta(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        let grace = self.tuning.meta_pull_retry_ms;
+        let missing: Vec<NodeId> = self
+            .tracked
+            .iter()
+            .filter(|(node, t)| {
+                **node != self.me
+                    && t.member.meta.is_none()
+                    && t.member.state.is_active()
+                    && now.since(t.member.state_since) >= grace
+                    && self.pull_due(now, node)
+            })
+            .map(|(node, _)| node.clone())
+            .take(self.tuning.meta_pulls_per_tick)
+            .collect();
+        for node in missing {
+            self.send_pull(now, node, out);
+        }
+    }
+
+    /// Turns what foca produced into outputs and, if `scan`, brings `tracked` up to date.
+    fn after_foca(&mut self, now: Millis, out: &mut Vec<MemberOutput>, scan: bool) {
+        for (timer, after) in self.rt.timers.drain(..) {
+            if let Timer::ChangeSuspectToDown {
+                member_id,
+                incarnation,
+                ..
+            } = &timer
+            {
+                // Our probe just failed: tell the suspect (see `Kind::Suspected`).
+                let notice = Notice {
+                    next: now,
+                    life: (member_id.incarnation, member_id.renewal),
+                    incarnation: *incarnation,
+                    left: NOTICES_PER_SUSPICION,
+                };
+                self.notices.insert(member_id.node.clone(), notice);
+            }
+            let at = now.plus(ceil_millis(after));
+            self.timers.insert((at, self.timer_seq), timer);
+            self.timer_seq += 1;
+        }
+        let noted = !self.rt.notes.is_empty();
+        for note in self.rt.notes.drain(..) {
+            match note {
+                OwnedNotification::Rejoin(id) => {
+                    // A new life: foca's incarnation starts again from 0.
+                    self.refuted = None;
+                    self.own_incarnation = 0;
+                    self.own_id_bytes =
+                        postcard::to_allocvec(&id).expect("encoding to a Vec cannot fail");
+                    tracing::info!(identity = %id, "declared down by the cluster, rejoined")
+                }
+                OwnedNotification::Defunct if !self.left => {
+                    tracing::warn!("declared down by the cluster and cannot rejoin")
+                }
+                OwnedNotification::Idle => tracing::debug!("no active member left"),
+                OwnedNotification::Active => tracing::debug!("joined the cluster"),
+                _ => {}
+            }
+        }
+        if scan || noted {
+            self.sync_members(now, out);
+        }
+        self.sync_store(now, out);
+        // After the scan, so that a member suspected during this call is flagged already.
+        let stamp = self.published.stamp();
+        let sends: Vec<_> = self.rt.sends.drain(..).collect();
+        for (to, data) in sends {
+            let suspect = self.tracked.get(&to.node).and_then(|t| {
+                let same_life = (t.member.incarnation, t.renewal) == (to.incarnation, to.renewal);
+                (same_life && t.member.state == MemberState::Suspect).then_some(t.foca_incarnation)
+            });
+            if let Some(rest) = data.strip_prefix(self.own_id_bytes.as_slice())
+                && let Ok((incarnation, _)) = postcard::take_from_bytes::<u16>(rest)
+            {
+                self.own_incarnation = incarnation;
+            }
+            let bytes = wire::encode(
+                Kind::Swim {
+                    meta: stamp,
+                    suspect,
+                },
+                &data,
+            );
+            self.emit_datagram(to.node, bytes, out);
+        }
+        self.send_notices(now, out);
+    }
+
+    /// Sends the due "you are suspected" notices while the suspicion stands.
+    fn send_notices(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.notices.is_empty() {
+            return;
+        }
+        let spacing = (self.tuning.suspect_to_down_ms / u64::from(NOTICES_PER_SUSPICION)).max(1);
+        let mut due = Vec::new();
+        self.notices.retain(|node, n| {
+            let standing = self.tracked.get(node).is_some_and(|t| {
+                (t.member.incarnation, t.renewal) == n.life
+                    && t.member.state == MemberState::Suspect
+                    && t.foca_incarnation == n.incarnation
+            });
+            if !standing || n.left == 0 {
+                return false;
+            }
+            if n.next <= now {
+                due.push((node.clone(), n.incarnation));
+                n.left -= 1;
+                n.next = now.plus(spacing);
+            }
+            true
+        });
+        for (node, incarnation) in due {
+            self.emit_datagram(
+                node,
+                wire::encode(Kind::Suspected { incarnation }, &[]),
+                out,
+            );
+        }
+    }
+
+    /// A prober suspects us: refute if it suspects our current incarnation, then answer it
+    /// directly with a minimal foca packet (a gossip with no update) whose header carries our
+    /// incarnation, which clears the suspicion at the one member whose timer would fire.
+    fn answer_suspicion(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        incarnation: u16,
+        out: &mut Vec<MemberOutput>,
+    ) {
+        let Some(t) = self.tracked.get(from) else {
+            return;
+        };
+        let dst = MemberId {
+            node: from.clone(),
+            incarnation: t.member.incarnation,
+            renewal: t.renewal,
+            addrs: t.member.addrs.clone(),
+        };
+        if incarnation >= self.own_incarnation {
+            self.refute(incarnation);
+            // Flushes foca's refutation gossip, which also updates `own_incarnation`.
+            self.after_foca(now, out, false);
+        }
+        let header = foca::Header {
+            src: self.foca.identity().clone(),
+            src_incarnation: self.own_incarnation,
+            dst,
+            message: foca::Message::Gossip,
+        };
+        let mut packet = Vec::new();
+        if Codec::<MemberId>::encode_header(&mut PostcardCodec, &header, &mut packet).is_ok() {
+            packet.extend_from_slice(&[0, 0]); // no membership update
+            let bytes = wire::encode(
+                Kind::Swim {
+                    meta: self.published.stamp(),
+                    suspect: None,
+                },
+                &packet,
+            );
+            self.emit_datagram(from.clone(), bytes, out);
+        }
+    }
+
+    /// Compares foca's member states with `tracked` and emits the transitions, in id order.
+    /// O(members) with one map lookup and a few integer compares per member; callers skip it
+    /// when foca provably changed nothing.
+    fn sync_members(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        self.scan += 1;
+        let scan = self.scan;
+        let store = self.store.lock();
+        // (node, state before or None for a fresh arrival, state now, addresses changed)
+        let mut changes: Vec<(NodeId, Option<MemberState>, MemberState, bool)> = Vec::new();
+        for fm in self.foca.iter_membership_state() {
+            let id = fm.id();
+            let foca_state = match fm.state() {
+                foca::State::Alive => MemberState::Alive,
+                foca::State::Suspect => MemberState::Suspect,
+                foca::State::Down => MemberState::Down,
+            };
+            let leaving = || store.leaving.get(&id.node) == Some(&(id.incarnation, id.renewal));
+            let Some(t) = self.tracked.get_mut(&id.node) else {
+                let state = if leaving() {
+                    MemberState::Left
+                } else {
+                    foca_state
+                };
+                let member = Member {
+                    id: id.node.clone(),
+                    incarnation: id.incarnation,
+                    state,
+                    meta: store.metas.get(&id.node).map(|r| r.meta.clone()),
+                    addrs: id.addrs.clone(),
+                    last_heard: Millis(0),
+                    state_since: now,
+                };
+                changes.push((id.node.clone(), None, state, true));
+                let tracked = Tracked {
+                    member,
+                    renewal: id.renewal,
+                    foca_state,
+                    foca_incarnation: fm.incarnation(),
+                    seen: scan,
+                };
+                self.tracked.insert(id.node.clone(), tracked);
+                continue;
+            };
+            t.seen = scan;
+            let new_life = t.member.incarnation != id.incarnation || t.renewal != id.renewal;
+            if !new_life && t.foca_state == foca_state && t.foca_incarnation == fm.incarnation() {
+                continue; // nothing foca knows about it changed
+            }
+            t.foca_state = foca_state;
+            t.foca_incarnation = fm.incarnation();
+            let m = &mut t.member;
+            // Equal counters with other addresses are a new life too (see `win_addr_conflict`).
+            let addrs_changed = m.addrs != id.addrs;
+            let new_life = new_life || addrs_changed;
+            if new_life {
+                m.incarnation = id.incarnation;
+                t.renewal = id.renewal;
+                m.addrs.clone_from(&id.addrs);
+            }
+            let old = m.state;
+            let new = match (old, foca_state) {
+                // A life that said it leaves stays left whatever foca still believes.
+                (MemberState::Left, _) if !new_life => MemberState::Left,
+                (_, s) if leaving() && (s.is_active() || s == MemberState::Down) => {
+                    MemberState::Left
+                }
+                (_, s) => s,
+            };
+            if new != old {
+                m.state = new;
+                m.state_since = now;
+            }
+            if new != old || (new_life && new.is_active()) {
+                // A new life counts as a fresh arrival even when both lives look alive.
+                let from = if new_life && new.is_active() {
+                    None
+                } else {
+                    Some(old)
+                };
+                changes.push((id.node.clone(), from, new, addrs_changed));
+            }
+        }
+        drop(store);
+        // Tombstones foca forgot (after `remove_down_after_ms`) go here too.
+        if self.tracked.len() > self.foca.iter_membership_state().len() + 1 {
+            let me = &self.me;
+            let forgotten: Vec<NodeId> = self
+                .tracked
+                .iter()
+                .filter(|(node, t)| t.seen != scan && *node != me)
+                .map(|(node, _)| node.clone())
+                .collect();
+            let mut store = self.store.lock();
+            for node in forgotten {
+                self.tracked.remove(&node);
+                self.pulled.remove(&node);
+                store.metas.remove(&node);
+                store.leaving.remove(&node);
+            }
+        }
+        changes.sort();
+        for (node, from, to, addrs_changed) in changes {
+            if addrs_changed && to.is_active() {
+                let addrs = self.tracked[&node].member.addrs.clone();
+                out.push(MemberOutput::Addresses {
+                    node: node.clone(),
+                    addrs,
+                });
+            }
+            for event in transition(&node, from, to) {
+                out.push(MemberOutput::Event(event));
+            }
+        }
+    }
+
+    /// Applies metadata and leaving notices that arrived through broadcasts or pulls.
+    fn sync_store(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        let mut store = self.store.lock();
+        let mut left = std::mem::take(&mut store.left);
+        let mut changed = std::mem::take(&mut store.meta_changed);
+        left.sort();
+        left.dedup();
+        changed.sort();
+        changed.dedup();
+        for node in left {
+            let (Some(t), Some(life)) = (self.tracked.get_mut(&node), store.leaving.get(&node))
+            else {
+                continue;
+            };
+            if node != self.me
+                && (t.member.incarnation, t.renewal) == *life
+                && t.member.state != MemberState::Left
+            {
+                t.member.state = MemberState::Left;
+                t.member.state_since = now;
+                out.push(MemberOutput::Event(MemberEvent::Left(node)));
+            }
+        }
+        for node in changed {
+            let (Some(t), Some(record)) = (self.tracked.get_mut(&node), store.metas.get(&node))
+            else {
+                continue;
+            };
+            if node != self.me && t.member.meta.as_ref() != Some(&record.meta) {
+                t.member.meta = Some(record.meta.clone());
+                out.push(MemberOutput::Event(MemberEvent::MetaChanged(node)));
+            }
+        }
+    }
+}
+
+/// The events a state change produces, in order. `from` is `None` for a member (or a life of
+/// it) seen for the first time.
+fn transition(node: &NodeId, from: Option<MemberState>, to: MemberState) -> Vec<MemberEvent> {
+    use MemberState::*;
+    let n = || node.clone();
+    let Some(from) = from else {
+        return match to {
+            Alive => vec![MemberEvent::Up(n())],
+            Suspect => vec![MemberEvent::Up(n()), MemberEvent::Suspect(n())],
+            Down | Left => vec![],
+        };
+    };
+    match (from, to) {
+        (Alive, Alive) | (Suspect, Suspect) | (Down, Down) | (Left, Left) => vec![],
+        (Suspect, Alive) | (Down | Left, Alive) => vec![MemberEvent::Up(n())],
+        (Alive, Suspect) => vec![MemberEvent::Suspect(n())],
+        (Down | Left, Suspect) => vec![MemberEvent::Up(n()), MemberEvent::Suspect(n())],
+        (Alive | Suspect, Down) => vec![MemberEvent::Down(n())],
+        (Left, Down) => vec![],
+        (Alive | Suspect | Down, Left) => vec![MemberEvent::Left(n())],
+    }
+}
+
+fn ceil_millis(d: Duration) -> u64 {
+    u64::try_from(d.as_nanos().div_ceil(1_000_000)).unwrap_or(u64::MAX)
+}
+
+/// The `foca::Runtime`: collects what foca asks for during one call.
+#[derive(Default)]
+struct Collect {
+    sends: Vec<(MemberId, Vec<u8>)>,
+    timers: Vec<(Timer<MemberId>, Duration)>,
+    notes: Vec<OwnedNotification<MemberId>>,
+}
+
+impl foca::Runtime<MemberId> for Collect {
+    fn notify(&mut self, notification: foca::Notification<'_, MemberId>) {
+        self.notes.push(notification.to_owned());
+    }
+
+    fn send_to(&mut self, to: MemberId, data: &[u8]) {
+        self.sends.push((to, data.to_vec()));
+    }
+
+    fn submit_after(&mut self, event: Timer<MemberId>, after: Duration) {
+        self.timers.push((event, after));
+    }
+}

@@ -1,0 +1,779 @@
+//! In-memory clusters of `Membership`s driven by a discrete-event loop with virtual time: a
+//! `BTreeMap<(time, seq), event>` queue, fixed latency plus seeded jitter, seeded loss. No
+//! threads, no clock: one seed replays a run exactly.
+//!
+//! A failing test prints its seed; rerun with `MEMBERSHIP_SEED=<seed>` to replay it.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use proptest::prelude::*;
+use rand::rngs::Xoshiro256PlusPlus;
+use rand::{RngExt, SeedableRng};
+
+use super::*;
+use crate::spec::DriverKind;
+
+fn nid(i: usize) -> NodeId {
+    NodeId(format!("12D3KooWnode{i:04}"))
+}
+
+fn meta_for(i: usize) -> NodeMeta {
+    NodeMeta {
+        labels: [("zone".to_string(), format!("z{}", i % 3))].into(),
+        cpu_millis: 4000,
+        memory_bytes: 8 << 30,
+        runtimes: vec![DriverKind::Process],
+        agent_version: "0.1.0".into(),
+        addrs: vec![format!("/ip4/10.0.{}.{}/tcp/7946", i / 250, i % 250)],
+        ..NodeMeta::default()
+    }
+}
+
+fn member_id(i: usize, incarnation: u64) -> MemberId {
+    MemberId::new(
+        nid(i),
+        incarnation,
+        vec![format!("/ip4/10.0.{}.{}/tcp/7946", i / 250, i % 250)],
+    )
+    .unwrap()
+}
+
+/// The seed of a test: `MEMBERSHIP_SEED` when set (to replay), else the given default.
+fn seed(default: u64) -> u64 {
+    std::env::var("MEMBERSHIP_SEED")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(default)
+}
+
+enum Ev {
+    Deliver {
+        to: NodeId,
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
+    Tick(NodeId),
+}
+
+struct SimNode {
+    m: Membership,
+    incarnation: u64,
+    /// Crashed: sends nothing, receives nothing, never ticks.
+    stopped: bool,
+    /// Paused (SIGSTOP): datagrams to it are lost, ticks wait for the resume.
+    paused: bool,
+    tick_at: Option<Millis>,
+}
+
+struct Sim {
+    seed: u64,
+    now: Millis,
+    nodes: BTreeMap<NodeId, SimNode>,
+    queue: BTreeMap<(Millis, u64), Ev>,
+    seq: u64,
+    rng: Xoshiro256PlusPlus,
+    latency_ms: u64,
+    jitter_ms: u64,
+    loss_permille: u32,
+    tuning: SwimTuning,
+    /// (time, observer, event)
+    events: Vec<(Millis, NodeId, MemberEvent)>,
+    datagrams: u64,
+    datagram_bytes: u64,
+    largest_datagram: usize,
+    /// A sample of datagrams for fuzzing.
+    captured: Vec<Vec<u8>>,
+}
+
+impl Sim {
+    fn new(n: usize, seed: u64, tuning: SwimTuning) -> Sim {
+        let mut sim = Sim {
+            seed,
+            now: Millis(0),
+            nodes: BTreeMap::new(),
+            queue: BTreeMap::new(),
+            seq: 0,
+            rng: Xoshiro256PlusPlus::seed_from_u64(seed),
+            latency_ms: 1,
+            jitter_ms: 2,
+            loss_permille: 0,
+            tuning,
+            events: Vec::new(),
+            datagrams: 0,
+            datagram_bytes: 0,
+            largest_datagram: 0,
+            captured: Vec::new(),
+        };
+        for i in 0..n {
+            sim.add_node(i, 1);
+        }
+        sim
+    }
+
+    fn lan(n: usize, seed: u64) -> Sim {
+        Sim::new(n, seed, Profile::Lan.tuning(n as u32))
+    }
+
+    fn add_node(&mut self, i: usize, incarnation: u64) {
+        let node_seed = self.seed ^ (i as u64).wrapping_mul(0x9E37_79B9_7F4A_7C15) ^ incarnation;
+        let m = Membership::new(
+            member_id(i, incarnation),
+            meta_for(i),
+            self.tuning.clone(),
+            node_seed,
+        )
+        .unwrap();
+        let node = SimNode {
+            m,
+            incarnation,
+            stopped: false,
+            paused: false,
+            tick_at: None,
+        };
+        self.nodes.insert(nid(i), node);
+    }
+
+    fn push(&mut self, at: Millis, ev: Ev) {
+        self.queue.insert((at, self.seq), ev);
+        self.seq += 1;
+    }
+
+    /// Every node but the seed announces to node 0, 20 ms apart.
+    fn join_all(&mut self) {
+        let ids: Vec<NodeId> = self.nodes.keys().cloned().collect();
+        let start = self.now;
+        for (k, id) in ids.iter().enumerate().skip(1) {
+            let at = start.plus(20 * k as u64);
+            self.run_until(at);
+            self.with_node(id, |m, now, out| m.announce(now, nid(0), out));
+        }
+    }
+
+    fn with_node(
+        &mut self,
+        id: &NodeId,
+        f: impl FnOnce(&mut Membership, Millis, &mut Vec<MemberOutput>),
+    ) {
+        let now = self.now;
+        let mut out = Vec::new();
+        let node = self.nodes.get_mut(id).unwrap();
+        f(&mut node.m, now, &mut out);
+        self.apply(id.clone(), out);
+    }
+
+    fn apply(&mut self, from: NodeId, out: Vec<MemberOutput>) {
+        for o in out {
+            match o {
+                MemberOutput::Datagram { to, bytes } => {
+                    self.datagrams += 1;
+                    self.datagram_bytes += bytes.len() as u64;
+                    self.largest_datagram = self.largest_datagram.max(bytes.len());
+                    if self.captured.len() < 200 && self.datagrams.is_multiple_of(7) {
+                        self.captured.push(bytes.clone());
+                    }
+                    if self.rng.random_range(0..1000) < self.loss_permille {
+                        continue;
+                    }
+                    let delay = self.latency_ms + self.rng.random_range(0..=self.jitter_ms);
+                    self.push(
+                        self.now.plus(delay),
+                        Ev::Deliver {
+                            to,
+                            from: from.clone(),
+                            bytes,
+                        },
+                    );
+                }
+                MemberOutput::Event(e) => self.events.push((self.now, from.clone(), e)),
+                MemberOutput::Addresses { .. } => {}
+            }
+        }
+        self.schedule_tick(&from);
+    }
+
+    fn schedule_tick(&mut self, id: &NodeId) {
+        let node = &self.nodes[id];
+        if node.stopped {
+            return;
+        }
+        if let Some(d) = node.m.next_deadline() {
+            let d = d.max(self.now);
+            if node.tick_at.is_none_or(|t| d < t) {
+                self.nodes.get_mut(id).unwrap().tick_at = Some(d);
+                self.push(d, Ev::Tick(id.clone()));
+            }
+        }
+    }
+
+    fn run_until(&mut self, until: Millis) {
+        while let Some(entry) = self.queue.first_entry() {
+            if entry.key().0 > until {
+                break;
+            }
+            let ((at, _), ev) = entry.remove_entry();
+            self.now = at;
+            match ev {
+                Ev::Deliver { to, from, bytes } => {
+                    let Some(node) = self.nodes.get_mut(&to) else {
+                        continue;
+                    };
+                    if node.stopped || node.paused {
+                        continue;
+                    }
+                    let mut out = Vec::new();
+                    node.m.handle_datagram(at, &from, &bytes, &mut out);
+                    self.apply(to, out);
+                }
+                Ev::Tick(id) => {
+                    let node = self.nodes.get_mut(&id).unwrap();
+                    if node.stopped || node.paused || node.tick_at != Some(at) {
+                        continue;
+                    }
+                    node.tick_at = None;
+                    let mut out = Vec::new();
+                    node.m.tick(at, &mut out);
+                    self.apply(id, out);
+                }
+            }
+        }
+        self.now = until;
+    }
+
+    fn run_for(&mut self, ms: u64) {
+        self.run_until(self.now.plus(ms));
+    }
+
+    fn stop(&mut self, i: usize) {
+        let node = self.nodes.get_mut(&nid(i)).unwrap();
+        node.stopped = true;
+        node.tick_at = None;
+    }
+
+    fn pause(&mut self, i: usize, paused: bool) {
+        self.nodes.get_mut(&nid(i)).unwrap().paused = paused;
+        if !paused {
+            let node = self.nodes.get_mut(&nid(i)).unwrap();
+            node.tick_at = Some(self.now);
+            self.push(self.now, Ev::Tick(nid(i)));
+        }
+    }
+
+    /// A new process for node `i` with the next incarnation, announcing to node 0.
+    fn restart(&mut self, i: usize) {
+        let incarnation = self.nodes[&nid(i)].incarnation + 1;
+        self.add_node(i, incarnation);
+        self.with_node(&nid(i), |m, now, out| m.announce(now, nid(0), out));
+    }
+
+    fn running(&self) -> impl Iterator<Item = (&NodeId, &SimNode)> {
+        self.nodes.iter().filter(|(_, n)| !n.stopped)
+    }
+
+    fn state_everywhere(&self, of: usize) -> BTreeMap<NodeId, Option<MemberState>> {
+        self.running()
+            .filter(|(id, _)| **id != nid(of))
+            .map(|(id, n)| (id.clone(), n.m.member(&nid(of)).map(|m| m.state)))
+            .collect()
+    }
+
+    fn everyone_sees(&self, of: usize, state: MemberState) -> bool {
+        self.state_everywhere(of)
+            .values()
+            .all(|s| *s == Some(state))
+    }
+
+    /// Runs until `done` holds (checked every 10 ms) or `limit_ms` passes; returns the time
+    /// it took.
+    fn run_until_true(&mut self, limit_ms: u64, done: impl Fn(&Sim) -> bool) -> Option<u64> {
+        let start = self.now;
+        while self.now.since(start) < limit_ms {
+            if done(self) {
+                return Some(self.now.since(start));
+            }
+            self.run_for(10);
+        }
+        done(self).then(|| self.now.since(start))
+    }
+
+    fn events_since(&self, since: Millis) -> impl Iterator<Item = &(Millis, NodeId, MemberEvent)> {
+        self.events.iter().filter(move |(t, _, _)| *t >= since)
+    }
+
+    /// A joined cluster of `n` nodes where everyone sees everyone alive with metadata.
+    fn joined(n: usize, seed: u64) -> Sim {
+        let mut sim = Sim::lan(n, seed);
+        sim.join_all();
+        let took = sim.run_until_true(30_000, |s| s.all_alive_with_meta());
+        assert!(took.is_some(), "seed {seed}: cluster did not converge");
+        sim
+    }
+
+    fn all_alive_with_meta(&self) -> bool {
+        let n = self.running().count();
+        self.running().all(|(_, node)| {
+            node.m
+                .members()
+                .filter(|m| m.state == MemberState::Alive && m.meta.is_some())
+                .count()
+                == n
+        })
+    }
+}
+
+#[test]
+fn all_join_through_one_seed_and_see_everyone_alive() {
+    for n in [5, 20] {
+        let seed = seed(1);
+        let mut sim = Sim::lan(n, seed);
+        sim.join_all();
+        let took = sim.run_until_true(30_000, |s| s.all_alive_with_meta());
+        assert!(took.is_some(), "seed {seed}: {n} nodes did not converge");
+        for (_, node) in sim.running() {
+            assert_eq!(node.m.alive_count(), n);
+            let ids: Vec<_> = node.m.members().map(|m| m.id.clone()).collect();
+            assert_eq!(
+                ids,
+                (0..n).map(nid).collect::<Vec<_>>(),
+                "sorted by id, self included"
+            );
+            for i in 0..n {
+                assert_eq!(
+                    node.m
+                        .member(&nid(i))
+                        .unwrap()
+                        .meta
+                        .as_ref()
+                        .unwrap()
+                        .labels,
+                    meta_for(i).labels
+                );
+            }
+        }
+        // Every node saw every other come up exactly once.
+        for (id, _) in sim.running() {
+            let ups = sim
+                .events
+                .iter()
+                .filter(|(_, o, e)| o == id && matches!(e, MemberEvent::Up(_)));
+            assert_eq!(ups.count(), n - 1, "seed {seed}: {id}");
+        }
+    }
+}
+
+#[test]
+fn stopped_node_is_down_everywhere_within_the_tuned_time() {
+    let t = Profile::Lan.tuning(20);
+    // Budget: p99 wait for a first probe (≈ 4.6 periods) + the probe itself + suspicion +
+    // dissemination (a few gossip rounds).
+    let budget = t.probe_period_ms * 6 + t.suspect_to_down_ms + 10 * t.gossip_period_ms;
+    let mut worst = 0;
+    for run in 0..5 {
+        let seed = seed(100 + run);
+        let mut sim = Sim::joined(20, seed);
+        sim.run_for(2_000);
+        let victim = 7;
+        let t0 = sim.now;
+        sim.stop(victim);
+        let took = sim.run_until_true(budget * 2, |s| s.everyone_sees(victim, MemberState::Down));
+        let took = took.unwrap_or_else(|| panic!("seed {seed}: not down everywhere"));
+        assert!(
+            took <= budget,
+            "seed {seed}: took {took} ms, budget {budget} ms"
+        );
+        worst = worst.max(took);
+        // Nobody else was declared down.
+        let downs: BTreeSet<_> = sim
+            .events_since(t0)
+            .filter_map(|(_, _, e)| match e {
+                MemberEvent::Down(n) => Some(n.clone()),
+                _ => None,
+            })
+            .collect();
+        assert_eq!(downs, [nid(victim)].into(), "seed {seed}");
+    }
+    println!(
+        "20 nodes: stopped node down everywhere after at most {worst} ms (budget {budget} ms)"
+    );
+}
+
+#[test]
+fn leaving_node_is_left_everywhere_quickly() {
+    let seed = seed(200);
+    let mut sim = Sim::joined(20, seed);
+    sim.run_for(1_000);
+    let t0 = sim.now;
+    sim.with_node(&nid(3), |m, now, out| m.leave(now, out));
+    assert_eq!(
+        sim.nodes[&nid(3)].m.member(&nid(3)).unwrap().state,
+        MemberState::Left
+    );
+    sim.stop(3);
+    let took = sim.run_until_true(5_000, |s| s.everyone_sees(3, MemberState::Left));
+    let took = took.unwrap_or_else(|| panic!("seed {seed}: not left everywhere"));
+    assert!(took <= 1_500, "seed {seed}: took {took} ms");
+    sim.run_for(10_000);
+    assert!(
+        sim.everyone_sees(3, MemberState::Left),
+        "seed {seed}: left stays left"
+    );
+    let downs = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_)))
+        .count();
+    println!("20 nodes: left everywhere after {took} ms; {downs} nodes saw Down before Left");
+}
+
+#[test]
+fn node_paused_shorter_than_the_suspicion_is_never_declared_down() {
+    let t = Profile::Lan.tuning(20);
+    for run in 0..5 {
+        let seed = seed(300 + run);
+        let mut sim = Sim::joined(20, seed);
+        sim.run_for(1_000);
+        let t0 = sim.now;
+        sim.pause(4, true);
+        sim.run_for(t.suspect_to_down_ms * 3 / 4);
+        sim.pause(4, false);
+        sim.run_for(20_000);
+        let bad: Vec<_> = sim
+            .events_since(t0)
+            .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_) | MemberEvent::Left(_)))
+            .collect();
+        assert!(bad.is_empty(), "seed {seed}: {bad:?}");
+        assert!(sim.everyone_sees(4, MemberState::Alive), "seed {seed}");
+    }
+}
+
+#[test]
+fn restarted_node_is_up_again_everywhere_with_its_new_incarnation() {
+    let seed = seed(400);
+    let mut sim = Sim::joined(10, seed);
+    // Restart after being declared down.
+    sim.stop(5);
+    assert!(
+        sim.run_until_true(20_000, |s| s.everyone_sees(5, MemberState::Down))
+            .is_some()
+    );
+    let t0 = sim.now;
+    sim.restart(5);
+    let took = sim.run_until_true(10_000, |s| s.all_alive_with_meta());
+    assert!(
+        took.is_some(),
+        "seed {seed}: restarted node not alive everywhere"
+    );
+    for (id, node) in sim.running() {
+        assert_eq!(
+            node.m.member(&nid(5)).unwrap().incarnation,
+            2,
+            "seen from {id}"
+        );
+        if *id != nid(5) {
+            let ups = sim
+                .events_since(t0)
+                .filter(|(_, o, e)| o == id && *e == MemberEvent::Up(nid(5)));
+            assert_eq!(ups.count(), 1, "seed {seed}: {id}");
+        }
+    }
+
+    // Restart faster than detection: the new life replaces the old one, `Up` again, no `Down`.
+    let t1 = sim.now;
+    sim.stop(6);
+    sim.run_for(50);
+    sim.restart(6);
+    let took = sim.run_until_true(10_000, |s| {
+        s.running()
+            .all(|(_, n)| n.m.member(&nid(6)).is_some_and(|m| m.incarnation == 2))
+    });
+    assert!(
+        took.is_some(),
+        "seed {seed}: fast restart not seen everywhere"
+    );
+    sim.run_for(10_000);
+    assert!(sim.everyone_sees(6, MemberState::Alive));
+    for (id, _) in sim.running().filter(|(id, _)| **id != nid(6)) {
+        let mine: Vec<_> = sim
+            .events_since(t1)
+            .filter(|(_, o, e)| {
+                o == id && matches!(e, MemberEvent::Up(n) | MemberEvent::Down(n) if *n == nid(6))
+            })
+            .map(|(_, _, e)| e.clone())
+            .collect();
+        assert_eq!(
+            mine,
+            vec![MemberEvent::Up(nid(6))],
+            "seed {seed}: seen from {id}"
+        );
+    }
+}
+
+#[test]
+fn metadata_change_propagates_and_is_rate_limited() {
+    let seed = seed(500);
+    let mut sim = Sim::joined(20, seed);
+    let t0 = sim.now;
+    let mut meta = meta_for(9);
+    meta.allocated_cpu_millis = 1500;
+    sim.with_node(&nid(9), |m, now, out| {
+        m.set_meta(now, meta.clone(), out).unwrap()
+    });
+    let took = sim.run_until_true(5_000, |s| {
+        s.running().all(|(_, n)| {
+            n.m.member(&nid(9))
+                .unwrap()
+                .meta
+                .as_ref()
+                .unwrap()
+                .allocated_cpu_millis
+                == 1500
+        })
+    });
+    let took = took.unwrap_or_else(|| panic!("seed {seed}: metadata did not propagate"));
+    let changed = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| *e == MemberEvent::MetaChanged(nid(9)))
+        .count();
+    assert_eq!(changed, 19);
+    println!("20 nodes: metadata change everywhere after {took} ms");
+
+    // Three changes within the window: the first goes out at once, the last two coalesce.
+    let t1 = sim.now;
+    for cpu in [1600, 1700, 1800] {
+        meta.allocated_cpu_millis = cpu;
+        sim.with_node(&nid(9), |m, now, out| {
+            m.set_meta(now, meta.clone(), out).unwrap()
+        });
+        sim.run_for(100);
+    }
+    let local = sim.nodes[&nid(9)]
+        .m
+        .member(&nid(9))
+        .unwrap()
+        .meta
+        .clone()
+        .unwrap();
+    assert_eq!(
+        local.allocated_cpu_millis, 1800,
+        "local view changes at once"
+    );
+    sim.run_for(5_000);
+    let versions: BTreeSet<u64> = sim
+        .running()
+        .map(|(_, n)| n.m.member(&nid(9)).unwrap().meta.as_ref().unwrap().version)
+        .collect();
+    assert_eq!(versions.len(), 1, "everyone converged on one version");
+    let version = *versions.first().unwrap();
+    assert_eq!(version, local.version);
+    // Initial 1, first change 2; 1600, 1700 and 1800 came within the window of the first
+    // change and coalesce into 3.
+    assert_eq!(version, 3);
+    let seen_by_0 = sim
+        .events_since(t1)
+        .filter(|(_, o, e)| *o == nid(0) && *e == MemberEvent::MetaChanged(nid(9)))
+        .count();
+    assert_eq!(seen_by_0, 1, "one published change");
+}
+
+#[test]
+fn late_joiner_learns_every_metadata_record() {
+    let seed = seed(600);
+    let mut sim = Sim::joined(15, seed);
+    // Long after the initial broadcasts died out.
+    sim.run_for(30_000);
+    sim.add_node(15, 1);
+    sim.with_node(&nid(15), |m, now, out| m.announce(now, nid(0), out));
+    let took = sim.run_until_true(20_000, |s| s.all_alive_with_meta());
+    let took = took.unwrap_or_else(|| panic!("seed {seed}: late joiner incomplete"));
+    println!("late joiner had all 16 records after {took} ms");
+}
+
+#[test]
+fn no_false_down_at_ten_percent_loss_over_ten_minutes() {
+    let seed = seed(700);
+    let mut sim = Sim::joined(20, seed);
+    sim.loss_permille = 100;
+    let t0 = sim.now;
+    sim.run_for(600_000);
+    let downs: Vec<_> = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_) | MemberEvent::Left(_)))
+        .collect();
+    let suspects = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Suspect(_)))
+        .count();
+    let secs = 600 * 20;
+    println!(
+        "20 nodes, 10% loss, 600 s: {} false downs, {suspects} suspicions, {} datagrams/node/s, {} bytes/node/s, largest {} bytes",
+        downs.len(),
+        sim.datagrams / secs,
+        sim.datagram_bytes / secs,
+        sim.largest_datagram,
+    );
+    assert!(downs.is_empty(), "seed {seed}: {downs:?}");
+    assert!(sim.running().all(|(_, n)| n.m.alive_count() == 20));
+}
+
+#[test]
+fn same_seed_same_run() {
+    let trace = |seed| {
+        let mut sim = Sim::joined(8, seed);
+        sim.loss_permille = 50;
+        sim.stop(2);
+        sim.run_for(10_000);
+        (sim.events.clone(), sim.datagram_bytes)
+    };
+    assert_eq!(trace(seed(800)), trace(seed(800)));
+}
+
+#[test]
+fn idle_traffic_per_node() {
+    let seed = seed(900);
+    let mut sim = Sim::joined(20, seed);
+    sim.run_for(10_000);
+    let (d0, b0) = (sim.datagrams, sim.datagram_bytes);
+    sim.run_for(60_000);
+    let per_node_s = |x: u64| x / (60 * 20);
+    println!(
+        "20 nodes idle: {} datagrams/node/s, {} bytes/node/s, {} bytes/datagram",
+        per_node_s(sim.datagrams - d0),
+        per_node_s(sim.datagram_bytes - b0),
+        (sim.datagram_bytes - b0) / (sim.datagrams - d0),
+    );
+}
+
+fn captured_datagrams() -> Vec<Vec<u8>> {
+    let mut sim = Sim::joined(6, 1000);
+    let mut meta = meta_for(2);
+    meta.draining = true;
+    sim.with_node(&nid(2), |m, now, out| m.set_meta(now, meta, out).unwrap());
+    sim.stop(4);
+    sim.run_for(10_000);
+    sim.with_node(&nid(3), |m, now, out| m.leave(now, out));
+    sim.run_for(2_000);
+    sim.captured
+}
+
+proptest! {
+    #[test]
+    fn random_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..2048), with_version in any::<bool>()) {
+        let mut bytes = bytes;
+        if with_version && !bytes.is_empty() {
+            bytes[0] = wire::WIRE_VERSION;
+        }
+        let mut m = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+        let mut out = Vec::new();
+        m.handle_datagram(Millis(10), &nid(2), &bytes, &mut out);
+        m.tick(Millis(5_000), &mut out);
+    }
+
+    #[test]
+    fn truncated_or_flipped_datagrams_never_panic(pick in any::<prop::sample::Index>(), cut in any::<prop::sample::Index>(), flip in any::<u8>()) {
+        thread_local!(static CAPTURED: Vec<Vec<u8>> = captured_datagrams());
+        let bytes = CAPTURED.with(|c| c[pick.index(c.len())].clone());
+        let mut m = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+        let mut out = Vec::new();
+        let truncated = &bytes[..cut.index(bytes.len() + 1)];
+        m.handle_datagram(Millis(10), &nid(2), truncated, &mut out);
+        let mut flipped = bytes.clone();
+        let at = cut.index(flipped.len());
+        flipped[at] ^= flip;
+        m.handle_datagram(Millis(20), &nid(2), &flipped, &mut out);
+        m.tick(Millis(5_000), &mut out);
+    }
+}
+
+#[test]
+fn oversized_datagram_is_counted_and_dropped() {
+    let mut m = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+    let mut out = Vec::new();
+    m.handle_datagram(Millis(1), &nid(2), &vec![1; 100_000], &mut out);
+    assert_eq!(m.stats().oversize, 1);
+    assert!(out.is_empty());
+}
+
+#[test]
+fn datagram_naming_another_sender_is_dropped() {
+    let mut a = Membership::new(member_id(1, 1), meta_for(1), Profile::Lan.tuning(10), 7).unwrap();
+    let mut b = Membership::new(member_id(2, 1), meta_for(2), Profile::Lan.tuning(10), 8).unwrap();
+    let mut out = Vec::new();
+    a.announce(Millis(1), nid(2), &mut out);
+    let MemberOutput::Datagram { bytes, .. } = &out[0] else {
+        panic!("{out:?}")
+    };
+    let mut out2 = Vec::new();
+    b.handle_datagram(Millis(2), &nid(3), bytes, &mut out2);
+    assert_eq!(b.stats().spoofed, 1);
+    assert!(out2.is_empty());
+    assert_eq!(b.alive_count(), 1);
+}
+
+/// Figures for DESIGN.md §10 at fleet scale: join time, idle traffic, false downs and
+/// detection time at 10% loss. Runs at 50 nodes by default; `MEMBERSHIP_SCALE=1000` for the
+/// fleet size of the goal (slow in a debug build: minutes).
+#[test]
+fn fleet_scale_figures() {
+    let n: usize = std::env::var("MEMBERSHIP_SCALE")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(50);
+    let lossy_secs: u64 = std::env::var("MEMBERSHIP_LOSSY_SECS")
+        .ok()
+        .and_then(|s| s.parse().ok())
+        .unwrap_or(60);
+    let seed = seed(1_100);
+    let mut sim = Sim::lan(n, seed);
+    let tuning = sim.tuning.clone();
+    sim.join_all();
+    let join = sim.run_until_true(120_000, |s| s.all_alive_with_meta());
+    let join = join.unwrap_or_else(|| panic!("seed {seed}: {n} nodes did not converge"));
+    let joined_at = sim.now;
+    sim.run_for(10_000);
+    let (d0, b0) = (sim.datagrams, sim.datagram_bytes);
+    sim.run_for(30_000);
+    let idle_bytes = (sim.datagram_bytes - b0) / (30 * n as u64);
+    let idle_datagrams = (sim.datagrams - d0) as f64 / (30 * n) as f64;
+
+    sim.loss_permille = 100;
+    let t0 = sim.now;
+    sim.run_for(lossy_secs * 1000);
+    let false_downs = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_)))
+        .count();
+    let suspicions = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Suspect(_)))
+        .count();
+
+    let mut detections = Vec::new();
+    for k in 0..5 {
+        let victim = 1 + k * (n - 1) / 5;
+        sim.stop(victim);
+        let took = sim.run_until_true(30_000, |s| s.everyone_sees(victim, MemberState::Down));
+        detections.push(took.unwrap_or(u64::MAX));
+        sim.run_for(1_000);
+    }
+    let wrong: Vec<_> = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(x) if !(0..5).any(|k| *x == nid(1 + k * (n - 1) / 5))))
+        .collect();
+    let wrong_downs = wrong.len();
+    if let Some((t, o, e)) = wrong.first() {
+        println!("first wrong down at {t:?} seen by {o}: {e:?} (lossy phase began at {t0:?})");
+        if let MemberEvent::Down(x) = e {
+            for (t2, o2, e2) in sim.events.iter().filter(|(t2, _, e2)| {
+                t2.0 + 5000 > t.0 && t2.0 < t.0 + 2000 && format!("{e2:?}").contains(&x.0)
+            }) {
+                println!("  {t2:?} {} {e2:?}", o2.short());
+            }
+        }
+    }
+    println!(
+        "{n} nodes ({tuning:?}): joined in {join} ms (at {joined_at:?}); idle {idle_datagrams:.1} datagrams and {idle_bytes} bytes/node/s; \
+         10% loss for {lossy_secs} s: {false_downs} false downs, {suspicions} suspect events; \
+         crash detection at 10% loss (everywhere): {detections:?} ms; {wrong_downs} wrong downs overall; largest datagram {} bytes",
+        sim.largest_datagram
+    );
+    assert_eq!(wrong_downs, 0, "seed {seed}");
+    assert!(detections.iter().all(|d| *d != u64::MAX), "seed {seed}");
+}

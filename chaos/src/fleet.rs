@@ -115,10 +115,13 @@ impl Fleet {
             .output()
             .with_context(|| format!("cannot run {}", shoal.display()))?;
         if !out.status.success() {
-            bail!(
-                "shoal keygen failed: {}",
-                String::from_utf8_lossy(&out.stderr).trim()
-            );
+            // An agent without `keygen` still reads the libp2p swarm.key format.
+            write_swarm_key(&key).with_context(|| {
+                format!(
+                    "shoal keygen failed ({}) and the harness could not write the key itself",
+                    String::from_utf8_lossy(&out.stderr).trim()
+                )
+            })?;
         }
         let capacity = Res {
             cpu_millis: crate::model::parse_cpu(&serde_json::Value::String(start.cpu.clone()))
@@ -337,6 +340,21 @@ impl Drop for Fleet {
         // TestNet's own drop kills what is left in the namespaces and deletes them.
         let _ = std::fs::remove_dir_all(&self.work);
     }
+}
+
+/// Writes a random cluster key in libp2p's `swarm.key` format, mode 0600.
+fn write_swarm_key(path: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut bytes = [0u8; 32];
+    File::open("/dev/urandom")?.read_exact(&mut bytes)?;
+    let hex: String = bytes.iter().map(|b| format!("{b:02x}")).collect();
+    let mut f = std::fs::OpenOptions::new()
+        .write(true)
+        .create_new(true)
+        .mode(0o600)
+        .open(path)?;
+    write!(f, "/key/swarm/psk/1.0.0/\n/base16/\n{hex}\n")?;
+    Ok(())
 }
 
 /// Makes `cmd` run inside the namespace `fd` (and, for agents, in a session of its own).

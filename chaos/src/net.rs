@@ -312,10 +312,11 @@ pub fn sweep() -> Vec<String> {
     removed
 }
 
-/// Whether `pid` is a running shoal-chaos (a recycled pid of another program does not count).
+/// Whether `pid` is a running shoal-chaos or its test binary (a recycled pid of another
+/// program does not count).
 fn pid_alive_as_harness(pid: u32) -> bool {
     std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("shoal-chaos"))
+        .map(|c| c.trim().starts_with("shoal-chaos") || c.trim().starts_with("shoal_chaos"))
         .unwrap_or(false)
 }
 
@@ -352,6 +353,99 @@ pub fn bridge_cuts(n: usize) -> Vec<(usize, usize)> {
 mod tests {
     use super::*;
     use std::collections::BTreeSet;
+    use std::net::{SocketAddr, TcpListener, TcpStream};
+    use std::sync::Arc;
+    use std::time::Duration;
+
+    /// Whether a root-only test may run; without root it says why it did not, except on CI,
+    /// where it must run.
+    fn root_or_skip(test: &str) -> bool {
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } == 0 {
+            return true;
+        }
+        assert!(
+            std::env::var_os("CI").is_none(),
+            "{test} needs root (network namespaces) and CI is set: run CI as root"
+        );
+        eprintln!("skipped {test}: needs root to create network namespaces");
+        false
+    }
+
+    /// Connects from inside node `from`'s namespace to `addr`.
+    fn connects(fd: Arc<File>, addr: SocketAddr) -> bool {
+        std::thread::spawn(move || {
+            enter(&fd).expect("setns");
+            TcpStream::connect_timeout(&addr, Duration::from_millis(500)).is_ok()
+        })
+        .join()
+        .expect("thread")
+    }
+
+    #[test]
+    fn namespaces_connect_blackholes_cut_one_way_and_nothing_is_left_after_drop() {
+        if !root_or_skip("namespaces_connect_blackholes_cut_one_way_and_nothing_is_left_after_drop")
+        {
+            return;
+        }
+        let net = TestNet::create(2, 9_000).expect("test net");
+        let prefix = net.prefix.clone();
+        let fd1 = Arc::new(net.node(1).fd.try_clone().expect("fd"));
+        let fd2 = Arc::new(net.node(2).fd.try_clone().expect("fd"));
+        let addr1: SocketAddr = format!("{}:7999", net.node(1).addr).parse().expect("addr");
+        let addr2: SocketAddr = format!("{}:7999", net.node(2).addr).parse().expect("addr");
+        let listen = |fd: Arc<File>, addr: SocketAddr| {
+            std::thread::spawn(move || {
+                enter(&fd).expect("setns");
+                let l = TcpListener::bind(addr).expect("bind");
+                l.set_nonblocking(true).expect("nonblocking");
+                // Accept whatever comes for a few seconds, then stop.
+                let end = std::time::Instant::now() + Duration::from_secs(4);
+                while std::time::Instant::now() < end {
+                    let _ = l.accept();
+                    std::thread::sleep(Duration::from_millis(10));
+                }
+            })
+        };
+        let l1 = listen(fd1.clone(), addr1);
+        let l2 = listen(fd2.clone(), addr2);
+        std::thread::sleep(Duration::from_millis(200));
+        assert!(connects(fd1.clone(), addr2), "n1 reaches n2");
+        assert!(connects(fd2.clone(), addr1), "n2 reaches n1");
+        // The node addresses exist only inside the namespaces (checked without sending
+        // anything from the host's namespace).
+        let host_addrs = sh("ip", &["-o", "addr"]).expect("ip addr");
+        assert!(!host_addrs.contains(&net.node(1).addr), "{host_addrs}");
+        // And a node namespace has no route anywhere but the test subnet.
+        let routes = sh("ip", &["-n", &net.node(1).name, "route"]).expect("ip route");
+        assert!(!routes.contains("default"), "{routes}");
+        net.block(1, 2).expect("block");
+        assert!(!connects(fd1.clone(), addr2), "n1 no longer reaches n2");
+        net.unblock(1, 2).expect("unblock");
+        assert!(connects(fd1.clone(), addr2), "healed");
+        drop(net);
+        let left = sh("ip", &["netns", "list"]).expect("ip netns list");
+        assert!(!left.contains(&prefix), "left behind: {left}");
+        let _ = (l1.join(), l2.join());
+    }
+
+    #[test]
+    fn sweep_removes_namespaces_of_dead_runs_only() {
+        if !root_or_skip("sweep_removes_namespaces_of_dead_runs_only") {
+            return;
+        }
+        // pid 1 is never shoal-chaos, so this looks like a dead run's namespace.
+        let stale = format!("{PREFIX}1x77-n1");
+        sh("ip", &["netns", "add", &stale]).expect("add");
+        let net = TestNet::create(1, 9_001).expect("test net");
+        let removed = sweep();
+        assert!(removed.contains(&stale), "{removed:?}");
+        let left = sh("ip", &["netns", "list"]).expect("list");
+        assert!(
+            left.contains(&net.harness_ns),
+            "a live run's namespace was swept"
+        );
+    }
 
     #[test]
     fn in_a_bridge_every_node_sees_a_majority_and_no_two_the_same() {

@@ -696,6 +696,29 @@ impl Runner<'_> {
                 }
                 self.open_band(Scope::Net, label);
             }
+            Fault::KillInstance { service, slot } => {
+                let snap = self.fresh_snapshot(self.now_ms(), Duration::from_secs(30))?;
+                let victims: Vec<u32> = snap
+                    .procs
+                    .iter()
+                    .filter(|p| &p.service == service && p.slot == *slot)
+                    .map(|p| p.pid)
+                    .collect();
+                if victims.is_empty() {
+                    bail!("no instance of {service}/{slot} runs");
+                }
+                for pid in victims {
+                    // The instance is a session (and process group) led by `pid`.
+                    // SAFETY: kill has no memory-safety preconditions.
+                    unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
+                }
+                self.measure(MeasureKind::Replacement);
+                self.bands.push(Band {
+                    start_ms: self.now_ms(),
+                    end_ms: self.now_ms() + 200,
+                    label,
+                });
+            }
             Fault::Delay { nodes, delay_ms } => {
                 for &i in nodes {
                     let mut f = self.fleet()?;

@@ -159,6 +159,11 @@ pub enum Fault {
         nodes: Vec<usize>,
         offset_ms: i64,
     },
+    /// kill -9 the instance of `service/slot` from outside (the workload crashes).
+    KillInstance {
+        service: String,
+        slot: u32,
+    },
 }
 
 impl Fault {
@@ -192,6 +197,7 @@ impl Fault {
             Fault::Delay { nodes, delay_ms } => format!("delay {delay_ms}ms {}", n(nodes)),
             Fault::Duplicate { nodes, rate } => format!("dup {:.0}% {}", rate * 100.0, n(nodes)),
             Fault::Skew { nodes, offset_ms } => format!("skew {offset_ms}ms {}", n(nodes)),
+            Fault::KillInstance { service, slot } => format!("kill instance {service}/{slot}"),
         }
     }
 }
@@ -286,6 +292,7 @@ enum FaultKind {
     Delay,
     Duplicate,
     Skew,
+    KillInstance,
 }
 
 #[derive(Deserialize)]
@@ -313,6 +320,11 @@ struct RawFault {
     /// Aim at the node that runs slot 0 of this service when the step runs.
     #[serde(default)]
     owner_of: Option<String>,
+    /// For `kill-instance`: the instance's service and slot (default 0).
+    #[serde(default)]
+    service: Option<String>,
+    #[serde(default)]
+    slot: Option<u32>,
 }
 
 /// A duration written as people write it (`500ms`, `10s`, `2m`).
@@ -580,6 +592,8 @@ impl Validator<'_> {
                 ("delay", f.delay.is_some()),
                 ("offset_ms", f.offset_ms.is_some()),
                 ("graceful", f.graceful.is_some()),
+                ("service", f.service.is_some()),
+                ("slot", f.slot.is_some()),
             ];
             for (field, set) in given {
                 if set && !allowed.contains(&field) {
@@ -703,6 +717,19 @@ impl Validator<'_> {
                     delay_ms: d.0.as_millis() as u64,
                 }
             }
+            FaultKind::KillInstance => {
+                only(&["service", "slot"])?;
+                let Some(service) = f.service.clone() else {
+                    return Err(self.err(
+                        line,
+                        "fault kill-instance needs service, for example service: web",
+                    ));
+                };
+                Fault::KillInstance {
+                    service,
+                    slot: f.slot.unwrap_or(0),
+                }
+            }
             FaultKind::Skew => {
                 only(&["nodes", "offset_ms"])?;
                 let Some(offset_ms) = f.offset_ms else {
@@ -738,6 +765,7 @@ fn kind_name(k: FaultKind) -> &'static str {
         FaultKind::Delay => "delay",
         FaultKind::Duplicate => "duplicate",
         FaultKind::Skew => "skew",
+        FaultKind::KillInstance => "kill-instance",
     }
 }
 

@@ -30,12 +30,24 @@ pub const PEER_PORT: u16 = 7801;
 /// Loss, delay and duplication on one node, applied through netem or the agent's fault hook.
 #[derive(Clone, Debug, Default, PartialEq, Serialize)]
 pub struct LinkFaults {
+    #[serde(skip_serializing_if = "is_zero_f")]
     pub drop_rate: f64,
+    #[serde(skip_serializing_if = "is_zero_u")]
     pub delay_ms: u64,
+    /// Sent only when set: an agent whose hook has no duplication refuses the field.
+    #[serde(skip_serializing_if = "is_zero_f")]
     pub duplicate_rate: f64,
 }
 
+fn is_zero_f(v: &f64) -> bool {
+    *v == 0.0
+}
+fn is_zero_u(v: &u64) -> bool {
+    *v == 0
+}
+
 impl LinkFaults {
+    /// Whether nothing is injected.
     pub fn is_clear(&self) -> bool {
         *self == LinkFaults::default()
     }
@@ -323,11 +335,8 @@ impl Fleet {
             return Ok(());
         }
         let t = self.targets()[i - 1].clone();
-        let body = if link.is_clear() {
-            "{}".to_string()
-        } else {
-            serde_json::to_string(&link).expect("plain struct")
-        };
+        // `{}` clears the hook.
+        let body = serde_json::to_string(&link).expect("plain struct");
         post_fault_hook(&t, &body)
     }
 }
@@ -477,7 +486,10 @@ pub fn post_fault_hook(t: &Target, body: &str) -> anyhow::Result<()> {
         404 => bail!(
             "n{node}: the agent has no fault hook (POST /v1/test/faults answered 404); netem is missing too, so loss/delay cannot be injected"
         ),
-        _ => bail!("n{node}: POST /v1/test/faults answered {status_line:?}"),
+        _ => {
+            let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
+            bail!("n{node}: POST /v1/test/faults answered {status_line:?}: {body}")
+        }
     }
 }
 
@@ -502,4 +514,21 @@ pub fn find_shoal(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     bail!(
         "no shoal binary in target/release or target/debug: build it with `cargo build --release --bin shoal` or pass --shoal PATH"
     )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn the_fault_hook_body_carries_only_what_is_set() {
+        assert_eq!(serde_json::to_string(&LinkFaults::default()).unwrap(), "{}");
+        let l = LinkFaults {
+            drop_rate: 0.1,
+            delay_ms: 0,
+            duplicate_rate: 0.0,
+        };
+        assert_eq!(serde_json::to_string(&l).unwrap(), r#"{"drop_rate":0.1}"#);
+        assert_eq!(l.netem_args(), vec!["loss".to_string(), "10%".to_string()]);
+    }
 }

@@ -289,7 +289,7 @@ fn unplaceable(snap: &Snapshot) -> BTreeSet<(String, u32)> {
     out.unwrap_or_default()
 }
 
-/// 1. Exactly N running instances per service, each slot exactly once, from the process table
+/// Invariant 1: Exactly N running instances per service, each slot exactly once, from the process table
 /// of live nodes and from `ps` on every live node.
 pub fn exactly_n(expected: &Expected, snap: &Snapshot) -> Vec<Violation> {
     let mut v = Vec::new();
@@ -398,7 +398,7 @@ pub fn live_claims(snap: &Snapshot) -> BTreeMap<(String, u32), (usize, u64)> {
     claims
 }
 
-/// 2. No orphan: every instance process on a live node is the live claim of its slot.
+/// Invariant 2: No orphan: every instance process on a live node is the live claim of its slot.
 pub fn no_orphan(snap: &Snapshot) -> Vec<Violation> {
     if snap.live().all(|n| n.ps.is_none()) {
         return Vec::new();
@@ -433,7 +433,7 @@ pub fn requests_of(expected: &Expected, p: &InstanceProc) -> Res {
         .unwrap_or(m.latest)
 }
 
-/// 3. No node above its capacity: `status` allocated vs capacity on every answering node, and
+/// Invariant 3: No node above its capacity: `status` allocated vs capacity on every answering node, and
 /// the process table × spec requests vs the capacity the harness gave each node.
 pub fn capacity(expected: &Expected, snap: &Snapshot) -> Vec<Violation> {
     let mut v = Vec::new();
@@ -465,7 +465,7 @@ pub fn capacity(expected: &Expected, snap: &Snapshot) -> Vec<Violation> {
     v
 }
 
-/// 4. Every live node reports the same digest.
+/// Invariant 4: Every live node reports the same digest.
 pub fn digest(snap: &Snapshot) -> Vec<Violation> {
     let mut digests = BTreeMap::new();
     let mut v = Vec::new();
@@ -488,7 +488,7 @@ pub fn digest(snap: &Snapshot) -> Vec<Violation> {
 /// revision may have aged out of a history that is full.
 pub const HISTORY_KEEP: usize = 10;
 
-/// 5. Every acknowledged write appears in the final history of some live node, and the current
+/// Invariant 5: Every acknowledged write appears in the final history of some live node, and the current
 /// revision of each service is its last acknowledged write (the harness writes one at a time).
 /// `histories[node][service]` is that node's `history` (absent: the service is unknown there).
 pub fn no_lost_write(
@@ -539,7 +539,7 @@ pub fn no_lost_write(
     v
 }
 
-/// 6. A `partition: majority` slot never runs on two nodes at once (nodes with an agent
+/// Invariant 6: A `partition: majority` slot never runs on two nodes at once (nodes with an agent
 /// process, running or paused).
 pub fn majority_once(expected: &Expected, snap: &Snapshot) -> Vec<Violation> {
     let mut by_slot: BTreeMap<(&str, u32), Vec<usize>> = BTreeMap::new();
@@ -563,7 +563,7 @@ pub fn majority_once(expected: &Expected, snap: &Snapshot) -> Vec<Violation> {
         .collect()
 }
 
-/// 7. Convergence within the timeout; `waited_ms` None means it never converged.
+/// Invariant 7: Convergence within the timeout; `waited_ms` None means it never converged.
 pub fn convergence(waited_ms: Option<u64>, timeout_ms: u64) -> Vec<Violation> {
     match waited_ms {
         Some(w) if w <= timeout_ms => Vec::new(),

@@ -154,6 +154,9 @@ struct Measure {
     start_ms: u64,
 }
 
+/// Safety violations seen so far (for de-duplication) and each with when it was first seen.
+type Seen = (BTreeSet<Violation>, Vec<(u64, Violation)>);
+
 /// State shared with the sampler thread.
 #[derive(Default)]
 struct Shared {
@@ -161,7 +164,7 @@ struct Shared {
     expected: Mutex<Expected>,
     latest: Mutex<Option<Arc<Snapshot>>>,
     series: Mutex<BTreeMap<String, Vec<(u64, u32)>>>,
-    safety: Mutex<(BTreeSet<Violation>, Vec<(u64, Violation)>)>,
+    safety: Mutex<Seen>,
     measures: Mutex<Vec<Measure>>,
     detection: Mutex<Vec<u64>>,
     replacement: Mutex<Vec<u64>>,

@@ -9,6 +9,7 @@ pub mod api;
 pub mod cli;
 pub mod ids;
 pub mod membership;
+pub mod net;
 pub mod node;
 pub mod placement;
 pub mod reconcile;

@@ -23,11 +23,18 @@ use tracing::{debug, error, info, warn};
 
 use crate::api::{ApiCall, LogSource};
 use crate::ids::{InstanceKey, Millis, NodeId, SlotId};
+use crate::net::{ClusterKey, FaultConfig, NetConfig, NetEvent, NetHandle};
+use crate::node::api::TestFaults;
 use crate::node::api::{ApiErrorKind, PsEntry};
-use crate::node::{ApiError, ApiReply, ApiRequest, CoreTiming, Input, Node, NodeConfig, Output};
+use crate::node::{
+    ApiError, ApiReply, ApiRequest, CoreTiming, Input, Message, Node, NodeConfig, Output, SyncMsg,
+    TestBugs, Topic,
+};
 use crate::spec::{DriverKind, Resources, ServiceName};
 use crate::store::Store;
+use crate::wire;
 use config::{AgentConfig, LogFormat, Profile};
+use libp2p::Multiaddr;
 pub use runtime_worker::Drivers;
 
 /// The agent's version, advertised to peers and shown in `shoal status`.
@@ -127,20 +134,115 @@ fn create_private_dir(dir: &Path) -> anyhow::Result<()> {
         .with_context(|| format!("cannot create data dir {}", dir.display()))
 }
 
-/// The identity, id and cluster id of this node, and the key the network uses.
-pub struct Identity {
-    pub node: NodeId,
-    pub cluster_id: String,
+/// The cluster key: from `--cluster-key`, or `<data-dir>/cluster.key`; created there when this
+/// node starts a new cluster (no key, no seeds). Joining a cluster without its key is an error
+/// that says where to get it.
+fn cluster_key(cfg: &AgentConfig) -> anyhow::Result<(ClusterKey, PathBuf, bool)> {
+    if let Some(path) = &cfg.cluster_key {
+        let key = ClusterKey::load(path)
+            .with_context(|| format!("cannot read the cluster key {}", path.display()))?;
+        return Ok((key, path.clone(), false));
+    }
+    let path = cfg.data_dir.join("cluster.key");
+    if path.exists() {
+        let key = ClusterKey::load(&path)
+            .with_context(|| format!("cannot read the cluster key {}", path.display()))?;
+        return Ok((key, path, false));
+    }
+    if !cfg.seeds.is_empty() {
+        anyhow::bail!(
+            "joining a fleet needs its cluster key: copy `cluster.key` from a member's data dir (or the file `shoal keygen` wrote) and pass --cluster-key FILE"
+        );
+    }
+    let key = ClusterKey::generate();
+    key.save(&path)
+        .with_context(|| format!("cannot write the cluster key {}", path.display()))?;
+    Ok((key, path, true))
 }
+
+fn parse_multiaddrs(what: &str, list: &[String]) -> anyhow::Result<Vec<Multiaddr>> {
+    list.iter()
+        .map(|a| {
+            a.parse::<Multiaddr>().with_context(|| {
+                format!("{what} {a:?} is not a multiaddr (for example /ip4/10.0.0.5/tcp/7801)")
+            })
+        })
+        .collect()
+}
+
+/// Everything the node loop drives besides the node itself.
+struct Shell {
+    store: Store,
+    cmd_tx: mpsc::Sender<crate::runtime::RuntimeCommand>,
+    pending: Pending,
+    net: NetHandle,
+    /// Sync requests from peers waiting for the core's answer.
+    sync_replies: BTreeMap<u64, oneshot::Sender<Vec<u8>>>,
+    sync_resp_tx: mpsc::Sender<(NodeId, SyncMsg)>,
+    next_id: u64,
+    /// Gossip and sync messages this shell could not decode.
+    undecodable: u64,
+    test_faults: Option<TestFaults>,
+    test_faults_allowed: bool,
+    bugs: TestBugs,
+    known: Vec<NodeId>,
+}
+
+/// Largest gossip message this node publishes or accepts (gossipsub's own limit is 64 KiB).
+const MAX_GOSSIP_BYTES: usize = 60 * 1024;
+/// Largest sync message accepted.
+const MAX_SYNC_BYTES: usize = 1 << 20;
 
 async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     let clock = Clock::new(cfg.test_clock_offset_ms);
     create_private_dir(&cfg.data_dir)?;
-    let mut store = Store::open(&cfg.data_dir)?;
+    let bugs = match std::env::var("SHOAL_TEST_BUGS") {
+        Ok(v) => TestBugs::parse(&v).map_err(|e| anyhow::anyhow!("SHOAL_TEST_BUGS: {e}"))?,
+        Err(_) => TestBugs::default(),
+    };
+    if bugs.any() {
+        warn!(bugs = ?bugs, "deliberate bugs are switched on (SHOAL_TEST_BUGS): this agent is for testing only");
+    }
+    let store = Store::open(&cfg.data_dir)?;
+    let (key, key_path, created) = cluster_key(&cfg)?;
+    let keypair = crate::net::load_or_create_identity(&cfg.data_dir)?;
+    let me = crate::net::node_id(&keypair);
+    let cluster_id = key.cluster_id();
     let incarnation = store.next_incarnation()?;
     let state = store.load()?;
-    let identity = load_identity(&cfg)?;
-    info!(node = %identity.node, incarnation, data_dir = %cfg.data_dir.display(), "starting shoal agent");
+    info!(node = %me, incarnation, cluster = %cluster_id, data_dir = %cfg.data_dir.display(), "starting shoal agent");
+
+    // Network first: the addresses we advertise are the ones actually bound.
+    let listen = parse_multiaddrs("--listen", &cfg.listen)?;
+    let mut net_cfg = NetConfig::new(listen, key, keypair);
+    net_cfg.gossip_topics = vec![
+        Topic::State.name().to_string(),
+        Topic::Bids.name().to_string(),
+    ];
+    let (net, mut net_rx) = crate::net::spawn(net_cfg)?;
+    net.ready().await;
+    let advertised: Vec<String> = if cfg.advertise.is_empty() {
+        net.listen_addrs()
+            .iter()
+            .map(|a| a.to_string())
+            .take(crate::membership::MAX_ADDRS)
+            .collect()
+    } else {
+        parse_multiaddrs("--advertise", &cfg.advertise)?;
+        cfg.advertise.clone()
+    };
+    if advertised.is_empty() {
+        anyhow::bail!("the transport is not listening on any address; check --listen");
+    }
+    info!(addrs = ?advertised, "listening for peers");
+    if created {
+        let seed = format!("{}/p2p/{}", advertised[0], me);
+        eprintln!(
+            "started a new cluster; its key is {}\nto add a machine, copy that file to it and run:\n  shoal agent --cluster-key cluster.key --seed {seed}",
+            key_path.display()
+        );
+    }
+    let seeds = parse_multiaddrs("--seed", &cfg.seeds)?;
 
     let measured = measure_capacity();
     let capacity = Resources {
@@ -148,29 +250,32 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         memory_bytes: cfg.memory_bytes.unwrap_or(measured.memory_bytes),
     };
     let owner = crate::runtime::Owner {
-        cluster: identity.cluster_id.clone(),
-        node: identity.node.clone(),
+        cluster: cluster_id.clone(),
+        node: me.clone(),
     };
-    let advertise_host = advertise_host(&cfg);
-    let drivers = Drivers::detect(&cfg, owner, advertise_host).await?;
+    let drivers = Drivers::detect(&cfg, owner, advertise_host(&advertised)).await?;
     let runtimes: BTreeSet<DriverKind> = drivers.kinds();
     info!(runtimes = ?runtimes, cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes, "node capacity");
 
-    let timing = match cfg.profile {
-        Profile::Lan => CoreTiming::lan(),
-        Profile::Wan => CoreTiming::wan(),
+    let (timing, profile) = match cfg.profile {
+        Profile::Lan => (CoreTiming::lan(), crate::membership::Profile::Lan),
+        Profile::Wan => (CoreTiming::wan(), crate::membership::Profile::Wan),
     };
     let node_cfg = NodeConfig {
-        id: identity.node.clone(),
+        id: me.clone(),
         incarnation,
-        cluster: identity.cluster_id.clone(),
+        cluster: cluster_id.clone(),
         labels: cfg.labels.clone(),
         capacity,
         runtimes,
         agent_version: VERSION.to_string(),
         timing,
+        addrs: advertised.clone(),
+        swim: Some(profile.tuning(64)),
+        bugs,
     };
-    let mut node = Node::new(node_cfg, state, StdRng::from_rng(&mut rand::rng()));
+    let mut node = Node::new(node_cfg, state, StdRng::from_rng(&mut rand::rng()))
+        .context("invalid node configuration")?;
 
     // Runtime worker: commands in, events out, both bounded.
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
@@ -189,7 +294,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     let logs = Arc::new(AgentLogs {
         calls: api_tx.clone(),
         drivers: drivers.clone(),
-        me: identity.node.clone(),
+        me: me.clone(),
     });
     let api_task = tokio::spawn(crate::api::serve(
         listener,
@@ -202,30 +307,72 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     ));
     info!(api = %cfg.api, "api listening");
 
+    let (sync_resp_tx, mut sync_resp_rx) = mpsc::channel(256);
+    let mut shell = Shell {
+        store,
+        cmd_tx,
+        pending: Pending::new(),
+        net: net.clone(),
+        sync_replies: BTreeMap::new(),
+        sync_resp_tx,
+        next_id: 0,
+        undecodable: 0,
+        test_faults: None,
+        test_faults_allowed: cfg.test_faults,
+        bugs,
+        known: Vec::new(),
+    };
+    if cfg.test_faults {
+        warn!("test-only fault injection is enabled (--test-faults)");
+    }
+
+    // Seeds are dialled with jittered exponential backoff until some member answers.
+    let mut seed_backoff = Duration::from_millis(500);
+    let mut next_seed_dial = Instant::now();
     let mut shutdown = Box::pin(shutdown_signal());
-    let mut pending: BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)> =
-        BTreeMap::new();
-    let mut next_id = 0u64;
     let mut out = Vec::new();
     loop {
         let now = clock.now();
-        let wake = clock.instant_of(node.next_wake(now));
+        let mut wake = clock.instant_of(node.next_wake(now));
+        if !seeds.is_empty() && node.members().present_count() <= 1 {
+            if Instant::now() >= next_seed_dial {
+                for s in &seeds {
+                    net.dial(s.clone());
+                }
+                let jitter = rand::random_range(0..=seed_backoff.as_millis() as u64 / 2);
+                next_seed_dial = Instant::now() + seed_backoff + Duration::from_millis(jitter);
+                seed_backoff = (seed_backoff * 2).min(Duration::from_secs(30));
+            }
+            wake = wake.min(next_seed_dial);
+        } else {
+            seed_backoff = Duration::from_millis(500);
+        }
         let input = tokio::select! {
             biased;
             () = &mut shutdown => break,
             Some(ev) = ev_rx.recv() => Input::Runtime(ev),
-            Some(call) = api_rx.recv() => {
-                next_id += 1;
-                pending.insert(next_id, (call.req.is_write(), call.reply));
-                Input::Api { id: next_id, req: call.req }
-            }
+            Some(call) = api_rx.recv() => match shell.api_call(&node, call) {
+                Some(input) => input,
+                None => continue,
+            },
             () = tokio::time::sleep_until(wake.into()) => Input::Tick,
+            Some((from, msg)) = sync_resp_rx.recv() => Input::SyncResponse { from, msg },
+            Some(ev) = net_rx.recv() => match shell.net_event(ev) {
+                Some(input) => input,
+                None => continue,
+            },
         };
         out.clear();
         node.handle(clock.now(), input, &mut out);
-        execute(&node, &mut store, &cmd_tx, &mut pending, &mut out);
+        shell.execute(&node, &mut out);
     }
     info!("shutting down; instances keep running and are adopted on the next start");
+    out.clear();
+    node.leave(clock.now(), &mut out);
+    shell.execute(&node, &mut out);
+    // Give the leave notice a moment to go out before the connections close.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    net.shutdown().await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
     Ok(())
@@ -234,48 +381,172 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
 /// API requests waiting for the core's reply: id → (is a write, where to answer).
 type Pending = BTreeMap<u64, (bool, oneshot::Sender<Result<ApiReply, ApiError>>)>;
 
-/// Executes the core's outputs in order.
-fn execute(
-    node: &Node<StdRng>,
-    store: &mut Store,
-    cmd_tx: &mpsc::Sender<crate::runtime::RuntimeCommand>,
-    pending: &mut Pending,
-    out: &mut Vec<Output>,
-) {
-    let mut persist_failed: Option<String> = None;
-    for o in out.drain(..) {
-        match o {
-            Output::Persist(delta) => {
-                if let Err(e) = store.persist(node.state(), &delta) {
-                    error!(error = %e, "cannot persist state");
-                    persist_failed = Some(e.to_string());
+impl Shell {
+    /// Turns an API call into a core input; test-only fault injection is the shell's own.
+    fn api_call(&mut self, node: &Node<StdRng>, call: ApiCall) -> Option<Input> {
+        if let ApiRequest::TestFaults(f) = &call.req
+            && self.test_faults_allowed
+        {
+            let known: Vec<NodeId> = node.members().peers.keys().cloned().collect();
+            let mut blocked = BTreeSet::new();
+            for b in &f.blocked {
+                match crate::node::api::resolve_node(b, known.iter()) {
+                    Ok(id) => {
+                        blocked.insert(id);
+                    }
+                    Err(e) => {
+                        let _ = call.reply.send(Err(e));
+                        return None;
+                    }
                 }
             }
-            Output::Reply { id, result } => {
-                let Some((is_write, reply)) = pending.remove(&id) else {
-                    continue;
-                };
-                let result = match (&persist_failed, is_write) {
-                    (Some(e), true) => Err(ApiError {
-                        kind: ApiErrorKind::Unavailable,
-                        error: format!("the write could not be persisted: {e}"),
-                        hint: Some("it was not acknowledged; fix the disk and retry".into()),
-                    }),
-                    _ => result,
-                };
-                let _ = reply.send(result);
-            }
-            Output::Runtime(cmd) => {
-                if let Err(e) = cmd_tx.try_send(cmd) {
-                    // The periodic re-list repairs what a dropped command leaves undone.
-                    warn!(error = %e, "runtime queue full, command dropped");
+            self.net.set_fault(FaultConfig {
+                drop_rate: f.drop_rate,
+                delay_ms: f.delay_ms,
+                blocked,
+            });
+            info!(faults = ?f, "test faults set");
+            self.test_faults = Some(f.clone())
+                .filter(|f| f.drop_rate > 0.0 || f.delay_ms > 0 || !f.blocked.is_empty());
+            let _ = call.reply.send(Ok(ApiReply::Written(vec![])));
+            return None;
+        }
+        self.next_id += 1;
+        self.pending
+            .insert(self.next_id, (call.req.is_write(), call.reply));
+        Some(Input::Api {
+            id: self.next_id,
+            req: call.req,
+        })
+    }
+
+    /// Turns a transport event into a core input (undecodable messages are counted and dropped).
+    fn net_event(&mut self, ev: NetEvent) -> Option<Input> {
+        match ev {
+            NetEvent::Datagram { from, bytes } => Some(Input::Datagram { from, bytes }),
+            NetEvent::Gossip { from, bytes, .. } => {
+                match wire::decode::<Message>(&bytes, MAX_GOSSIP_BYTES) {
+                    Ok(msg) => Some(Input::Message { from, msg }),
+                    Err(e) => {
+                        self.undecodable += 1;
+                        debug!(peer = %from, error = %e, "undecodable gossip dropped");
+                        None
+                    }
                 }
             }
-            Output::Broadcast { .. } | Output::Send { .. } => {
-                if persist_failed.is_some() {
-                    continue;
+            NetEvent::SyncRequest { from, bytes, reply } => {
+                match wire::decode::<SyncMsg>(&bytes, MAX_SYNC_BYTES) {
+                    Ok(msg) => {
+                        self.next_id += 1;
+                        self.sync_replies.insert(self.next_id, reply);
+                        // Bound the table: a peer that never gets answered must not grow it.
+                        while self.sync_replies.len() > 256 {
+                            self.sync_replies.pop_first();
+                        }
+                        Some(Input::SyncRequest {
+                            from,
+                            id: self.next_id,
+                            msg,
+                        })
+                    }
+                    Err(e) => {
+                        self.undecodable += 1;
+                        debug!(peer = %from, error = %e, "undecodable sync request dropped");
+                        None
+                    }
                 }
-                debug!("no peers to send to");
+            }
+            NetEvent::Connected { node, .. } => Some(Input::Connected { node }),
+            NetEvent::Disconnected { .. } | NetEvent::HandshakeFailed { .. } => None,
+        }
+    }
+
+    /// Executes the core's outputs in order.
+    fn execute(&mut self, node: &Node<StdRng>, out: &mut Vec<Output>) {
+        let mut persist_failed: Option<String> = None;
+        for o in out.drain(..) {
+            match o {
+                Output::Persist(delta) => {
+                    if let Err(e) = self.store.persist(node.state(), &delta) {
+                        error!(error = %e, "cannot persist state");
+                        persist_failed = Some(e.to_string());
+                    }
+                }
+                Output::Reply { id, result } => {
+                    let Some((is_write, reply)) = self.pending.remove(&id) else {
+                        continue;
+                    };
+                    let result = match (&persist_failed, is_write, result) {
+                        (Some(e), true, _) => Err(ApiError {
+                            kind: ApiErrorKind::Unavailable,
+                            error: format!("the write could not be persisted: {e}"),
+                            hint: Some("it was not acknowledged; fix the disk and retry".into()),
+                        }),
+                        (_, _, Ok(ApiReply::Status(mut st))) => {
+                            let net = self.net.stats();
+                            st.counters.frames_rejected = net.frames_rejected + self.undecodable;
+                            if let Some(f) = &self.test_faults {
+                                st.faults.push(format!(
+                                    "test faults on: drop {} delay {}ms blocked {:?}",
+                                    f.drop_rate, f.delay_ms, f.blocked
+                                ));
+                            }
+                            if self.bugs.any() {
+                                st.faults
+                                    .push(format!("deliberate bugs on: {:?}", self.bugs));
+                            }
+                            Ok(ApiReply::Status(st))
+                        }
+                        (_, _, result) => result,
+                    };
+                    let _ = reply.send(result);
+                }
+                Output::Runtime(cmd) => {
+                    if let Err(e) = self.cmd_tx.try_send(cmd) {
+                        // The periodic re-list repairs what a dropped command leaves undone.
+                        warn!(error = %e, "runtime queue full, command dropped");
+                    }
+                }
+                Output::Broadcast { topic, msg } => {
+                    if persist_failed.is_some() {
+                        continue;
+                    }
+                    let bytes = wire::encode(&msg);
+                    if bytes.len() > MAX_GOSSIP_BYTES {
+                        // Anti-entropy carries what is too big to gossip.
+                        debug!(
+                            bytes = bytes.len(),
+                            "message too big to gossip, left to anti-entropy"
+                        );
+                        continue;
+                    }
+                    self.net.publish(topic.name(), bytes);
+                }
+                Output::Send { .. } => {}
+                Output::Datagram { to, bytes } => self.net.send_datagram(to, bytes),
+                Output::Addresses { node: peer, addrs } => {
+                    let addrs: Vec<Multiaddr> =
+                        addrs.iter().filter_map(|a| a.parse().ok()).collect();
+                    if !self.known.contains(&peer) {
+                        self.known.push(peer.clone());
+                    }
+                    self.net.add_addresses(peer, addrs);
+                }
+                Output::SyncRequest { to, msg } => {
+                    let rx = self.net.request(to.clone(), wire::encode(&msg));
+                    let tx = self.sync_resp_tx.clone();
+                    tokio::spawn(async move {
+                        let Ok(Ok(bytes)) = rx.await else { return };
+                        if let Ok(msg) = wire::decode::<SyncMsg>(&bytes, MAX_SYNC_BYTES) {
+                            let _ = tx.send((to, msg)).await;
+                        }
+                    });
+                }
+                Output::SyncReply { id, msg } => {
+                    if let Some(reply) = self.sync_replies.remove(&id) {
+                        let _ = reply.send(wire::encode(&msg));
+                    }
+                }
             }
         }
     }
@@ -296,13 +567,11 @@ async fn shutdown_signal() {
     }
 }
 
-fn advertise_host(cfg: &AgentConfig) -> String {
-    // The host part of the first advertised or listen multiaddr, unless it is unspecified.
-    for a in cfg.advertise.iter().chain(cfg.listen.iter()) {
+/// The host part of the first advertised multiaddr (instances' endpoints use it).
+fn advertise_host(advertised: &[String]) -> String {
+    for a in advertised {
         let parts: Vec<&str> = a.split('/').collect();
-        if parts.len() > 2
-            && (parts[1] == "ip4" || parts[1] == "ip6" || parts[1] == "dns4" || parts[1] == "dns")
-        {
+        if parts.len() > 2 && matches!(parts[1], "ip4" | "ip6" | "dns4" | "dns6" | "dns") {
             let host = parts[2];
             if host != "0.0.0.0" && host != "::" {
                 return host.to_string();
@@ -310,33 +579,6 @@ fn advertise_host(cfg: &AgentConfig) -> String {
         }
     }
     "127.0.0.1".to_string()
-}
-
-fn load_identity(cfg: &AgentConfig) -> anyhow::Result<Identity> {
-    let path = cfg.data_dir.join("node.key");
-    let kp = if path.exists() {
-        let bytes =
-            std::fs::read(&path).with_context(|| format!("cannot read {}", path.display()))?;
-        libp2p::identity::Keypair::from_protobuf_encoding(&bytes).with_context(|| {
-            format!(
-                "{} is not a valid node key; move it away to create a new identity",
-                path.display()
-            )
-        })?
-    } else {
-        let kp = libp2p::identity::Keypair::generate_ed25519();
-        write_private(
-            &path,
-            &kp.to_protobuf_encoding()
-                .context("cannot encode the node key")?,
-        )?;
-        kp
-    };
-    let node = NodeId(kp.public().to_peer_id().to_string());
-    Ok(Identity {
-        node,
-        cluster_id: "local".into(),
-    })
 }
 
 /// Writes a file readable only by its owner, atomically (temp file + rename).
@@ -357,9 +599,21 @@ pub fn write_private(path: &Path, bytes: &[u8]) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// `shoal keygen`.
-pub fn keygen(_out: Option<&Path>) -> anyhow::Result<()> {
-    anyhow::bail!("keygen is being written")
+/// `shoal keygen`: a new cluster key, to a file (never overwritten) or stdout.
+pub fn keygen(out: Option<&Path>) -> anyhow::Result<()> {
+    let key = ClusterKey::generate();
+    match out {
+        Some(path) => {
+            key.save(path)
+                .with_context(|| format!("cannot write the cluster key to {}", path.display()))?;
+            eprintln!(
+                "wrote a new cluster key to {} (mode 0600); give it to every agent with --cluster-key",
+                path.display()
+            );
+        }
+        None => print!("{}", key.to_file_text()),
+    }
+    Ok(())
 }
 
 /// Serves `shoal logs` for instances on this node.

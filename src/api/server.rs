@@ -92,6 +92,7 @@ fn router(state: Shared) -> Router {
         .route("/v1/nodes/{id}/drain", post(drain))
         .route("/v1/nodes/{id}/undrain", post(undrain))
         .route("/v1/logs/{service}/{slot}", get(logs))
+        .route("/v1/test/faults", post(test_faults))
         .fallback(no_route)
         .method_not_allowed_fallback(wrong_method)
         .layer(middleware::from_fn_with_state(state.clone(), require_token))
@@ -347,6 +348,21 @@ async fn rollback(
     let service = path_service(name)?;
     let JsonBody(RollbackBody { to }) = body?;
     call(&s, ApiRequest::Rollback { service, to }).await
+}
+
+async fn test_faults(
+    State(s): State<Shared>,
+    body: Result<JsonBody<crate::node::api::TestFaults>, Refusal>,
+) -> Reply {
+    let JsonBody(faults) = body?;
+    if !(0.0..=1.0).contains(&faults.drop_rate) {
+        return Err(Refusal::new(
+            StatusCode::BAD_REQUEST,
+            format!("drop_rate {} is not between 0 and 1", faults.drop_rate),
+            "give a probability such as 0.1",
+        ));
+    }
+    call(&s, ApiRequest::TestFaults(faults)).await
 }
 
 async fn history(State(s): State<Shared>, name: Result<Path<String>, PathRejection>) -> Reply {

@@ -43,7 +43,28 @@ pub enum ApiRequest {
         node: Option<String>,
         on: bool,
     },
+    /// TEST ONLY: replace the transport's fault injection. The agent handles it when started
+    /// with `--test-faults`; otherwise the core refuses it.
+    TestFaults(TestFaults),
 }
+
+/// `POST /v1/test/faults`: loss, delay and partitions injected into this node's transport.
+#[derive(Clone, Debug, Default, PartialEq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct TestFaults {
+    /// Probability (0..1) of dropping each message, each way.
+    #[serde(default)]
+    pub drop_rate: f64,
+    /// Extra delay per message, each way, in milliseconds.
+    #[serde(default)]
+    pub delay_ms: u64,
+    /// Node ids (or unique prefixes) this node can no longer talk to.
+    #[serde(default)]
+    pub blocked: Vec<String>,
+}
+
+// `drop_rate` is never NaN (the API refuses values outside 0..=1).
+impl Eq for TestFaults {}
 
 /// The answer to an `ApiRequest`.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]

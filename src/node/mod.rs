@@ -19,7 +19,10 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstanceKey, Millis, NodeId, RevisionId, SlotId};
-use crate::membership::{MemberEvent, MemberId, MemberOutput, MemberState, Membership, MembershipError, NodeMeta, SwimTuning};
+use crate::membership::{
+    MemberEvent, MemberId, MemberOutput, MemberState, Membership, MembershipError, NodeMeta,
+    SwimTuning,
+};
 use crate::placement::{self, Auction, Bid, Ineligible, NodeFacts, OpenSlot, SpreadView};
 use crate::reconcile::{self, Desired, Effect, ReconcileTiming, Reconciler};
 use crate::runtime::{Handle, RuntimeCommand, RuntimeEvent};
@@ -142,7 +145,11 @@ impl TestBugs {
                 "skip-reclaim" => b.skip_reclaim = true,
                 "ignore-capacity" => b.ignore_capacity = true,
                 "no-fence" => b.no_fence = true,
-                other => return Err(format!("unknown test bug {other:?} (known: skip-reclaim, ignore-capacity, no-fence)")),
+                other => {
+                    return Err(format!(
+                        "unknown test bug {other:?} (known: skip-reclaim, ignore-capacity, no-fence)"
+                    ));
+                }
             }
         }
         Ok(b)
@@ -197,13 +204,25 @@ pub enum Input {
     /// A membership change injected directly (tests, and nodes without SWIM).
     Peer(PeerUpdate),
     /// A SWIM datagram from `/shoal/swim/1`.
-    Datagram { from: NodeId, bytes: Vec<u8> },
+    Datagram {
+        from: NodeId,
+        bytes: Vec<u8>,
+    },
     /// The transport connected to a node (a seed, or a peer that dialled us).
-    Connected { node: NodeId },
+    Connected {
+        node: NodeId,
+    },
     /// An anti-entropy request from a peer; answer with `Output::SyncReply { id }`.
-    SyncRequest { from: NodeId, id: u64, msg: SyncMsg },
+    SyncRequest {
+        from: NodeId,
+        id: u64,
+        msg: SyncMsg,
+    },
     /// The answer to one of our `Output::SyncRequest`s.
-    SyncResponse { from: NodeId, msg: SyncMsg },
+    SyncResponse {
+        from: NodeId,
+        msg: SyncMsg,
+    },
 }
 
 /// Everything a node can ask of the outside world.
@@ -226,14 +245,26 @@ pub enum Output {
         result: Result<ApiReply, ApiError>,
     },
     /// A SWIM datagram for `/shoal/swim/1` (fire and forget).
-    Datagram { to: NodeId, bytes: Vec<u8> },
+    Datagram {
+        to: NodeId,
+        bytes: Vec<u8>,
+    },
     /// Where `node` can be dialled.
-    Addresses { node: NodeId, addrs: Vec<String> },
+    Addresses {
+        node: NodeId,
+        addrs: Vec<String>,
+    },
     /// An anti-entropy request for `/shoal/sync/1`; its answer comes back as
     /// `Input::SyncResponse`.
-    SyncRequest { to: NodeId, msg: SyncMsg },
+    SyncRequest {
+        to: NodeId,
+        msg: SyncMsg,
+    },
     /// The answer to `Input::SyncRequest { id }`.
-    SyncReply { id: u64, msg: SyncMsg },
+    SyncReply {
+        id: u64,
+        msg: SyncMsg,
+    },
 }
 
 /// One node's core.
@@ -266,7 +297,11 @@ pub struct Node<R: Rng> {
 
 impl<R: Rng> Node<R> {
     /// A node starting from `state` (what it had persisted, or empty).
-    pub fn new(cfg: NodeConfig, state: ClusterState, mut rng: R) -> Result<Node<R>, MembershipError> {
+    pub fn new(
+        cfg: NodeConfig,
+        state: ClusterState,
+        mut rng: R,
+    ) -> Result<Node<R>, MembershipError> {
         let mut clock = HlcClock::new(cfg.id.clone());
         for entry in state.services.values() {
             if let Some(rev) = entry.current() {
@@ -277,7 +312,12 @@ impl<R: Rng> Node<R> {
         let membership = match &cfg.swim {
             Some(tuning) => {
                 let id = MemberId::new(cfg.id.clone(), cfg.incarnation, cfg.addrs.clone())?;
-                Some(Membership::new(id, node_meta(&cfg, Resources::default(), false), tuning.clone(), rng.random())?)
+                Some(Membership::new(
+                    id,
+                    node_meta(&cfg, Resources::default(), false),
+                    tuning.clone(),
+                    rng.random(),
+                )?)
             }
             None => None,
         };
@@ -428,7 +468,10 @@ impl<R: Rng> Node<R> {
                 }
             }
             Input::Connected { node } => {
-                let known = self.membership.as_ref().is_some_and(|m| m.member(&node).is_some_and(|x| x.state.is_active()));
+                let known = self
+                    .membership
+                    .as_ref()
+                    .is_some_and(|m| m.member(&node).is_some_and(|x| x.state.is_active()));
                 if !known && let Some(m) = &mut self.membership {
                     let mut mo = Vec::new();
                     m.announce(now, node, &mut mo);
@@ -449,13 +492,21 @@ impl<R: Rng> Node<R> {
         for o in mo {
             match o {
                 MemberOutput::Datagram { to, bytes } => out.push(Output::Datagram { to, bytes }),
-                MemberOutput::Addresses { node, addrs } => out.push(Output::Addresses { node, addrs }),
+                MemberOutput::Addresses { node, addrs } => {
+                    out.push(Output::Addresses { node, addrs })
+                }
                 MemberOutput::Event(ev) => {
-                    let (MemberEvent::Up(id) | MemberEvent::Suspect(id) | MemberEvent::Down(id) | MemberEvent::Left(id) | MemberEvent::MetaChanged(id)) = &ev;
+                    let (MemberEvent::Up(id)
+                    | MemberEvent::Suspect(id)
+                    | MemberEvent::Down(id)
+                    | MemberEvent::Left(id)
+                    | MemberEvent::MetaChanged(id)) = &ev;
                     if id == &self.cfg.id {
                         continue;
                     }
-                    let Some(m) = self.membership.as_ref().and_then(|m| m.member(id)) else { continue };
+                    let Some(m) = self.membership.as_ref().and_then(|m| m.member(id)) else {
+                        continue;
+                    };
                     let update = PeerUpdate {
                         node: id.clone(),
                         state: match m.state {
@@ -468,7 +519,9 @@ impl<R: Rng> Node<R> {
                         meta: m.meta.as_ref().map(peer_meta),
                     };
                     match &ev {
-                        MemberEvent::Up(_) => tracing::info!(peer = %id, incarnation = m.incarnation, "member up"),
+                        MemberEvent::Up(_) => {
+                            tracing::info!(peer = %id, incarnation = m.incarnation, "member up")
+                        }
                         MemberEvent::Down(_) => tracing::warn!(peer = %id, "member down"),
                         MemberEvent::Left(_) => tracing::info!(peer = %id, "member left"),
                         _ => {}
@@ -487,19 +540,37 @@ impl<R: Rng> Node<R> {
     }
 
     fn start_sync(&mut self, now: Millis, to: NodeId, out: &mut Vec<Output>) {
-        if self.syncing.get(&to).is_some_and(|t| now.since(*t) < 10_000) {
+        if self
+            .syncing
+            .get(&to)
+            .is_some_and(|t| now.since(*t) < 10_000)
+        {
             return;
         }
         self.syncing.insert(to.clone(), now);
-        out.push(Output::SyncRequest { to, msg: SyncMsg::Digest(sync::digest(&self.state)) });
+        out.push(Output::SyncRequest {
+            to,
+            msg: SyncMsg::Digest(sync::digest(&self.state)),
+        });
     }
 
-    fn on_sync_request(&mut self, now: Millis, from: &NodeId, msg: SyncMsg, out: &mut Vec<Output>) -> SyncMsg {
+    fn on_sync_request(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        msg: SyncMsg,
+        out: &mut Vec<Output>,
+    ) -> SyncMsg {
         match msg {
             SyncMsg::Digest(theirs) => {
                 let d = sync::differing(&sync::digest(&self.state), &theirs);
-                let (state, complete) = sync::entries_in(&self.state, &d, sync::MAX_SYNC_ENTRY_BYTES);
-                SyncMsg::Entries { state, differing: d.into_iter().map(|b| b as u16).collect(), complete }
+                let (state, complete) =
+                    sync::entries_in(&self.state, &d, sync::MAX_SYNC_ENTRY_BYTES);
+                SyncMsg::Entries {
+                    state,
+                    differing: d.into_iter().map(|b| b as u16).collect(),
+                    complete,
+                }
             }
             SyncMsg::Push(state) => {
                 self.merge_remote(now, state, out);
@@ -516,16 +587,25 @@ impl<R: Rng> Node<R> {
 
     fn on_sync_response(&mut self, now: Millis, from: NodeId, msg: SyncMsg, out: &mut Vec<Output>) {
         match msg {
-            SyncMsg::Entries { state, differing, .. } => {
+            SyncMsg::Entries {
+                state, differing, ..
+            } => {
                 self.merge_remote(now, state, out);
-                let buckets: BTreeSet<usize> = differing.into_iter().map(usize::from).filter(|b| *b < sync::BUCKETS).collect();
+                let buckets: BTreeSet<usize> = differing
+                    .into_iter()
+                    .map(usize::from)
+                    .filter(|b| *b < sync::BUCKETS)
+                    .collect();
                 if buckets.is_empty() {
                     self.syncing.remove(&from);
                     self.last_sync.insert(from, now);
                     return;
                 }
                 let (mine, _) = sync::entries_in(&self.state, &buckets, sync::MAX_SYNC_ENTRY_BYTES);
-                out.push(Output::SyncRequest { to: from, msg: SyncMsg::Push(mine) });
+                out.push(Output::SyncRequest {
+                    to: from,
+                    msg: SyncMsg::Push(mine),
+                });
             }
             SyncMsg::Ack => {
                 self.syncing.remove(&from);
@@ -573,8 +653,16 @@ impl<R: Rng> Node<R> {
         if self.membership.is_none() {
             return;
         }
-        let meta = node_meta(&self.cfg, self.allocated(now), self.state.draining(&self.cfg.id));
-        if self.published_meta.as_ref().is_some_and(|p| same_meta(p, &meta)) {
+        let meta = node_meta(
+            &self.cfg,
+            self.allocated(now),
+            self.state.draining(&self.cfg.id),
+        );
+        if self
+            .published_meta
+            .as_ref()
+            .is_some_and(|p| same_meta(p, &meta))
+        {
             return;
         }
         let mut mo = Vec::new();
@@ -782,6 +870,10 @@ impl<R: Rng> Node<R> {
             }
             ApiRequest::Status => Ok(ApiReply::Status(Box::new(self.status(now)))),
             ApiRequest::Nodes => Ok(ApiReply::Nodes(self.nodes(now))),
+            ApiRequest::TestFaults(_) => Err(ApiError::invalid(
+                "fault injection is off on this agent",
+                "start the agent with --test-faults (test clusters only)",
+            )),
             ApiRequest::Drain { node, on } => {
                 let target = match node {
                     None => self.cfg.id.clone(),
@@ -952,6 +1044,7 @@ impl<R: Rng> Node<R> {
                 };
                 let Some(gone_for) = gone_for else { continue };
                 if spec.partition == PartitionMode::Majority
+                    && !self.cfg.bugs.no_fence
                     && (!self.members.sees_majority() || gone_for < t.lease_ms + t.drift_margin_ms)
                 {
                     continue;
@@ -991,9 +1084,17 @@ impl<R: Rng> Node<R> {
                 *per_service.entry(b.slot.service.clone()).or_default() += 1;
             }
         }
+        let capacity = if self.cfg.bugs.ignore_capacity {
+            Resources {
+                cpu_millis: u64::MAX / 4,
+                memory_bytes: u64::MAX / 4,
+            }
+        } else {
+            self.cfg.capacity
+        };
         NodeFacts {
             labels: self.cfg.labels.clone(),
-            capacity: self.cfg.capacity,
+            capacity,
             allocated,
             runtimes: self.cfg.runtimes.clone(),
             draining: self.state.draining(&self.cfg.id),
@@ -1513,7 +1614,11 @@ impl<R: Rng> Node<R> {
                 })
                 .collect(),
             counters: self.counters(),
-            last_sync: self.last_sync.iter().map(|(n, t)| (n.0.clone(), t.0)).collect(),
+            last_sync: self
+                .last_sync
+                .iter()
+                .map(|(n, t)| (n.0.clone(), t.0))
+                .collect(),
             faults: Vec::new(),
         }
     }
@@ -1579,7 +1684,13 @@ fn node_meta(cfg: &NodeConfig, allocated: Resources, draining: bool) -> NodeMeta
 }
 
 fn same_meta(a: &NodeMeta, b: &NodeMeta) -> bool {
-    NodeMeta { version: 0, ..a.clone() } == NodeMeta { version: 0, ..b.clone() }
+    NodeMeta {
+        version: 0,
+        ..a.clone()
+    } == NodeMeta {
+        version: 0,
+        ..b.clone()
+    }
 }
 
 /// What the core keeps of a peer's advertised metadata.
@@ -1587,8 +1698,14 @@ fn peer_meta(m: &NodeMeta) -> PeerMeta {
     PeerMeta {
         version: m.version,
         labels: m.labels.clone(),
-        capacity: Resources { cpu_millis: m.cpu_millis, memory_bytes: m.memory_bytes },
-        allocated: Resources { cpu_millis: m.allocated_cpu_millis, memory_bytes: m.allocated_memory_bytes },
+        capacity: Resources {
+            cpu_millis: m.cpu_millis,
+            memory_bytes: m.memory_bytes,
+        },
+        allocated: Resources {
+            cpu_millis: m.allocated_cpu_millis,
+            memory_bytes: m.allocated_memory_bytes,
+        },
         runtimes: m.runtimes.iter().copied().collect(),
         draining: m.draining,
         agent_version: m.agent_version.clone(),
@@ -1662,7 +1779,8 @@ fn desired<'a>(
     now: Millis,
 ) -> BTreeMap<SlotId, Desired<'a>> {
     let mut d = BTreeMap::new();
-    let fenced = minority_since.is_some_and(|s| now.since(s) >= cfg.timing.lease_ms);
+    let fenced =
+        !cfg.bugs.no_fence && minority_since.is_some_and(|s| now.since(s) >= cfg.timing.lease_ms);
     for (slot, c) in &state.claims {
         if c.node != cfg.id || c.released {
             continue;
@@ -1689,6 +1807,34 @@ fn desired<'a>(
                 spec,
             },
         );
+    }
+    if cfg.bugs.skip_reclaim {
+        // Deliberate bug: whatever runs here keeps running, whoever owns its slot now.
+        for (key, l) in &reconciler.instances {
+            if d.contains_key(&key.slot) || !matches!(l.phase, reconcile::Phase::Running { .. }) {
+                continue;
+            }
+            let Some(entry) = state.services.get(&key.slot.service) else {
+                continue;
+            };
+            let Some(rev) = l
+                .rev_stamp
+                .as_ref()
+                .and_then(|s| entry.history.get(s))
+                .or(entry.current())
+            else {
+                continue;
+            };
+            let Some(spec) = rev.spec() else { continue };
+            d.insert(
+                key.slot.clone(),
+                Desired {
+                    key: key.clone(),
+                    revision: rev,
+                    spec,
+                },
+            );
+        }
     }
     for (key, since) in handovers {
         if d.contains_key(&key.slot) || now.since(*since) >= cfg.timing.handover_max_ms {

@@ -40,7 +40,11 @@ pub enum SyncMsg {
     Digest(Digest),
     /// Response: the responder's entries in the buckets that differ, which buckets those are,
     /// and whether every entry fitted.
-    Entries { state: ClusterState, differing: Vec<u16>, complete: bool },
+    Entries {
+        state: ClusterState,
+        differing: Vec<u16>,
+        complete: bool,
+    },
     /// Request: the entries the responder may lack.
     Push(ClusterState),
     /// Response to `Push`.
@@ -78,7 +82,9 @@ pub fn digest(s: &ClusterState) -> Digest {
         buckets[b] = buckets[b].wrapping_add(h.wrapping_add(tag as u64));
     };
     for (k, v) in &s.services {
-        add(SERVICES, &|| (bucket(SERVICES, k), entry_hash(SERVICES, k, v)));
+        add(SERVICES, &|| {
+            (bucket(SERVICES, k), entry_hash(SERVICES, k, v))
+        });
     }
     for (k, v) in &s.claims {
         add(CLAIMS, &|| (bucket(CLAIMS, k), entry_hash(CLAIMS, k, v)));
@@ -87,7 +93,9 @@ pub fn digest(s: &ClusterState) -> Digest {
         add(REPORTS, &|| (bucket(REPORTS, k), entry_hash(REPORTS, k, v)));
     }
     for (k, v) in &s.graveyard {
-        add(GRAVEYARD, &|| (bucket(GRAVEYARD, k), entry_hash(GRAVEYARD, k, v)));
+        add(GRAVEYARD, &|| {
+            (bucket(GRAVEYARD, k), entry_hash(GRAVEYARD, k, v))
+        });
     }
     for (k, v) in &s.drains {
         add(DRAINS, &|| (bucket(DRAINS, k), entry_hash(DRAINS, k, v)));
@@ -100,11 +108,17 @@ pub fn differing(mine: &Digest, theirs: &Digest) -> BTreeSet<usize> {
     if theirs.buckets.len() != BUCKETS {
         return (0..BUCKETS).collect();
     }
-    (0..BUCKETS).filter(|b| mine.buckets[*b] != theirs.buckets[*b]).collect()
+    (0..BUCKETS)
+        .filter(|b| mine.buckets[*b] != theirs.buckets[*b])
+        .collect()
 }
 
 /// The entries of `s` in `buckets`, up to `budget` encoded bytes; true if all fitted.
-pub fn entries_in(s: &ClusterState, buckets: &BTreeSet<usize>, budget: usize) -> (ClusterState, bool) {
+pub fn entries_in(
+    s: &ClusterState,
+    buckets: &BTreeSet<usize>,
+    budget: usize,
+) -> (ClusterState, bool) {
     let mut out = ClusterState::default();
     let mut used = 0usize;
     let mut complete = true;
@@ -148,7 +162,11 @@ mod tests {
                 &name,
                 Revision {
                     id: RevisionId(format!("1.{i:04x}")),
-                    stamp: Hlc { wall_ms: i as u64 + 1, logical: 0, node: NodeId(node.into()) },
+                    stamp: Hlc {
+                        wall_ms: i as u64 + 1,
+                        logical: 0,
+                        node: NodeId(node.into()),
+                    },
                     body: RevisionBody::Spec(crate::state::cluster::tests::spec(&name.0, 1)),
                 },
             );
@@ -190,6 +208,15 @@ mod tests {
     #[test]
     fn a_malformed_digest_differs_everywhere() {
         let s = with_services(3, "a");
-        assert_eq!(differing(&digest(&s), &Digest { buckets: vec![1, 2] }).len(), BUCKETS);
+        assert_eq!(
+            differing(
+                &digest(&s),
+                &Digest {
+                    buckets: vec![1, 2]
+                }
+            )
+            .len(),
+            BUCKETS
+        );
     }
 }

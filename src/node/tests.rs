@@ -19,11 +19,14 @@ fn cfg(id: &str) -> NodeConfig {
         runtimes: [DriverKind::Process].into(),
         agent_version: "test".into(),
         timing: CoreTiming::lan(),
+        addrs: vec![],
+        swim: None,
+        bugs: TestBugs::default(),
     }
 }
 
 fn node(id: &str) -> Node<StdRng> {
-    Node::new(cfg(id), ClusterState::default(), StdRng::seed_from_u64(7))
+    Node::new(cfg(id), ClusterState::default(), StdRng::seed_from_u64(7)).unwrap()
 }
 
 fn web(replicas: u32) -> ServiceSpec {
@@ -534,7 +537,7 @@ fn a_restarted_node_adopts_what_matches_its_claims_and_reclaims_the_rest() {
     // Second life from the persisted state.
     let mut cfg2 = cfg("a");
     cfg2.incarnation = 2;
-    let mut n = Node::new(cfg2, state, StdRng::seed_from_u64(1));
+    let mut n = Node::new(cfg2, state, StdRng::seed_from_u64(1)).unwrap();
     input(&mut n, 1000, Input::Tick);
     let out = listed(
         &mut n,

@@ -83,26 +83,33 @@ impl Store {
         if path.exists() {
             // Check the format through a read-only handle first, so that a file this build must
             // refuse is never opened for writing (opening for writing may touch its header).
-            let ro = Database::builder()
-                .open_read_only(&path)
-                .map_err(|e| match e {
-                    redb::DatabaseError::DatabaseAlreadyOpen => {
-                        StoreError::Locked { dir: d.clone() }
-                    }
-                    other => StoreError::Open {
+            // After a crash (kill -9, power loss) redb needs a repair that only a writable open
+            // performs: then the check happens right after that open instead.
+            match Database::builder().open_read_only(&path) {
+                Ok(ro) => {
+                    let found = read_format(&ro).map_err(|reason| StoreError::Corrupt {
                         dir: d.clone(),
                         file: path.display().to_string(),
-                        reason: other.to_string(),
-                    },
-                })?;
-            let found = read_format(&ro).map_err(|reason| StoreError::Corrupt {
-                dir: d.clone(),
-                file: path.display().to_string(),
-                what: "metadata".into(),
-                reason,
-            })?;
-            if let Some(v) = found.filter(|v| *v > FORMAT_VERSION) {
-                return Err(StoreError::NewerFormat { dir: d, found: v });
+                        what: "metadata".into(),
+                        reason,
+                    })?;
+                    if let Some(v) = found.filter(|v| *v > FORMAT_VERSION) {
+                        return Err(StoreError::NewerFormat { dir: d, found: v });
+                    }
+                }
+                Err(redb::DatabaseError::RepairAborted) => {
+                    tracing::warn!(file = %path.display(), "state was not closed cleanly (crash or kill); repairing it");
+                }
+                Err(redb::DatabaseError::DatabaseAlreadyOpen) => {
+                    return Err(StoreError::Locked { dir: d });
+                }
+                Err(e) => {
+                    return Err(StoreError::Open {
+                        dir: d,
+                        file: path.display().to_string(),
+                        reason: e.to_string(),
+                    });
+                }
             }
         }
         let db = Database::create(&path).map_err(|e| match e {
@@ -358,6 +365,26 @@ mod tests {
         let e = Store::open(dir.path()).err().expect("refused").to_string();
         assert!(e.contains("newer shoal"), "{e}");
         assert!(hash() == before, "the refused file was modified");
+    }
+
+    #[test]
+    fn a_store_not_closed_cleanly_is_repaired_and_keeps_its_state() {
+        let dir = tempfile::tempdir().unwrap();
+        let s = sample();
+        let mut store = Store::open(dir.path()).unwrap();
+        store.persist(&s, &s).unwrap();
+        // Simulate a crash: the database is never closed.
+        std::mem::forget(store);
+        // A second open in the same process would find the file locked; a crashed process has
+        // released its lock, which is what a copy of the file shows.
+        let copy = tempfile::tempdir().unwrap();
+        std::fs::copy(
+            dir.path().join("state.redb"),
+            copy.path().join("state.redb"),
+        )
+        .unwrap();
+        let store = Store::open(copy.path()).unwrap();
+        assert_eq!(store.load().unwrap(), s);
     }
 
     #[test]

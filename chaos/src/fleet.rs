@@ -267,7 +267,9 @@ impl Fleet {
                 cmd.env_remove(&k);
             }
         }
-        cmd.envs(&n.env)
+        // Plain logs in the log file.
+        cmd.env("NO_COLOR", "1")
+            .envs(&n.env)
             .stdin(Stdio::null())
             .stdout(log.try_clone().context("cannot share the log file")?)
             .stderr(log);

@@ -126,6 +126,7 @@ pub enum Violation {
     },
     NoDigest {
         node: usize,
+        reason: String,
     },
     LostWrite {
         service: String,
@@ -227,7 +228,9 @@ impl fmt::Display for Violation {
                 }
                 Ok(())
             }
-            Violation::NoDigest { node } => write!(f, "n{node} did not report a digest"),
+            Violation::NoDigest { node, reason } => {
+                write!(f, "n{node} did not report a digest: {reason}")
+            }
             Violation::LostWrite { service, revision } => {
                 write!(
                     f,
@@ -474,7 +477,10 @@ pub fn digest(snap: &Snapshot) -> Vec<Violation> {
             Some(st) => {
                 digests.insert(n.node, st.digest.clone());
             }
-            None => v.push(Violation::NoDigest { node: n.node }),
+            None => v.push(Violation::NoDigest {
+                node: n.node,
+                reason: n.error.clone().unwrap_or_else(|| "no answer".into()),
+            }),
         }
     }
     let distinct: BTreeSet<&String> = digests.values().collect();
@@ -656,6 +662,7 @@ mod tests {
             }),
             ps: Some(ps),
             nodes: None,
+            error: None,
         }
     }
 

@@ -37,6 +37,9 @@ struct Cli {
     /// Where reports, timelines and agent logs go.
     #[arg(long, global = true, default_value = "target/chaos")]
     out: PathBuf,
+    /// How often the fleet is sampled (process table, status, ps, nodes).
+    #[arg(long, global = true, default_value = "500ms", value_parser = humantime::parse_duration)]
+    sample_every: Duration,
     /// The scenario folder (default: chaos/scenarios of this workspace).
     #[arg(long, global = true)]
     scenarios: Option<PathBuf>,
@@ -312,6 +315,7 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 expect_fail: plan.expect,
                 tag,
                 replay: plan.replay.clone(),
+                sample_every: cli.sample_every,
             };
             tag += 1;
             let r = runner::run(&plan.scenario, &opts);

@@ -162,6 +162,9 @@ pub struct NodeSnap {
     pub status: Option<StatusObs>,
     pub ps: Option<Vec<PsObs>>,
     pub nodes: Option<Vec<NodeObs>>,
+    /// Why a query failed, if one did.
+    #[serde(default)]
+    pub error: Option<String>,
 }
 
 /// The whole fleet at one instant.

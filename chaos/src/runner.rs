@@ -26,7 +26,6 @@ use crate::model::{
 };
 use crate::scenario::{Fault, Located, Scenario, Step};
 
-const SAMPLE_EVERY: Duration = Duration::from_millis(500);
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -47,6 +46,8 @@ pub struct RunOpts {
     pub tag: u32,
     /// Printed with a failure so it can be run again.
     pub replay: Option<String>,
+    /// How often the sampler takes a snapshot (~500 ms).
+    pub sample_every: Duration,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Serialize)]
@@ -356,6 +357,19 @@ impl Runner<'_> {
     // ---- the fleet ----
 
     fn start(&mut self, args: &crate::scenario::StartArgs) -> anyhow::Result<()> {
+        if let Ok(load) = std::fs::read_to_string("/proc/loadavg") {
+            let cores = std::thread::available_parallelism()
+                .map(|n| n.get())
+                .unwrap_or(1);
+            let load: String = load
+                .split_whitespace()
+                .take(3)
+                .collect::<Vec<_>>()
+                .join(" ");
+            self.notes.push(format!(
+                "host load average at start: {load} on {cores} cores"
+            ));
+        }
         let removed = crate::net::sweep();
         if !removed.is_empty() {
             self.notes.push(format!(
@@ -428,7 +442,8 @@ impl Runner<'_> {
         loop {
             interrupt::check()?;
             let mut views = Vec::new();
-            for t in self.fleet()?.targets() {
+            let targets = self.fleet()?.targets();
+            for t in targets {
                 let alive = query::<StatusObs>(self.shoal(), &t, &["status"], QUERY_TIMEOUT)
                     .map(|s| s.members.alive)
                     .unwrap_or(0);
@@ -458,8 +473,9 @@ impl Runner<'_> {
         let shared = self.shared.clone();
         let shoal = self.opts.shoal.clone();
         let t0 = self.t0;
+        let every = self.opts.sample_every;
         self.sampler = Some(std::thread::spawn(move || {
-            sampler(fleet, shared, shoal, t0)
+            sampler(fleet, shared, shoal, t0, every)
         }));
     }
 
@@ -490,8 +506,13 @@ impl Runner<'_> {
             .or_else(|_| serde_json::from_str::<WriteObs>(&text).map(|w| vec![w]))
             .with_context(|| format!("shoal {} printed unexpected JSON: {text}", args.join(" ")))?;
         let at = self.now_ms();
-        self.marks
-            .push((at, format!("{} via n{}", args.join(" "), t.node)));
+        // Convergence is measured from the last fault or write.
+        self.last_disruption_ms = at;
+        let what = match args {
+            ["deploy", ..] => "deploy".to_string(),
+            _ => args.join(" "),
+        };
+        self.marks.push((at, format!("{what} via n{}", t.node)));
         Ok(writes)
     }
 
@@ -881,7 +902,7 @@ impl Runner<'_> {
                 let from = self.last_disruption_ms.min(start);
                 let took = snap.at_ms.saturating_sub(from);
                 self.convergence_ms.push(took);
-                self.say(format!("converged {took} ms after the last fault"));
+                self.say(format!("converged {took} ms after the last fault or write"));
                 self.record(
                     Invariant::Convergence,
                     inv::convergence(Some(snap.at_ms - start), timeout.as_millis() as u64),
@@ -891,6 +912,18 @@ impl Runner<'_> {
             if Instant::now() > deadline {
                 let waited = self.now_ms() - start;
                 self.say(format!("not converged after {waited} ms"));
+                let why: Vec<String> = inv::digest(&snap)
+                    .into_iter()
+                    .chain(inv::exactly_n(&expected, &snap))
+                    .chain(inv::no_orphan(&snap))
+                    .take(3)
+                    .map(|v| v.to_string())
+                    .collect();
+                self.notes.push(format!(
+                    "line {}: not converged after {waited} ms: {}",
+                    self.line,
+                    why.join("; ")
+                ));
                 self.record(
                     Invariant::Convergence,
                     inv::convergence(None, timeout.as_millis() as u64),
@@ -963,19 +996,30 @@ impl Runner<'_> {
     fn histories(&self) -> anyhow::Result<BTreeMap<usize, BTreeMap<String, Vec<HistoryObs>>>> {
         let services: BTreeSet<&str> = self.acked.iter().map(|w| w.service.as_str()).collect();
         let mut out = BTreeMap::new();
-        for t in self.fleet()?.targets() {
+        let targets = self.fleet()?.targets();
+        for t in targets {
             if t.state != AgentState::Running {
                 continue;
             }
             let mut per = BTreeMap::new();
+            let mut answered = true;
             for &s in &services {
-                if let Ok(h) =
-                    query::<Vec<HistoryObs>>(self.shoal(), &t, &["history", s], QUERY_TIMEOUT)
-                {
-                    per.insert(s.to_string(), h);
+                match query::<Vec<HistoryObs>>(self.shoal(), &t, &["history", s], QUERY_TIMEOUT) {
+                    Ok(h) => {
+                        per.insert(s.to_string(), h);
+                    }
+                    // The node knows no such service: no history.
+                    Err(e) if format!("{e:#}").contains("no service") => {}
+                    Err(e) => {
+                        self.say(format!("history {s} on n{}: {e:#}", t.node));
+                        answered = false;
+                    }
                 }
             }
-            out.insert(t.node, per);
+            // A node that did not answer proves nothing either way.
+            if answered {
+                out.insert(t.node, per);
+            }
         }
         Ok(out)
     }
@@ -1095,12 +1139,23 @@ fn snapshot(
                         status: None,
                         ps: None,
                         nodes: None,
+                        error: None,
                     };
                     if t.state == AgentState::Running {
-                        snap.status = query::<StatusObs>(shoal, t, &["status"], QUERY_TIMEOUT).ok();
-                        snap.ps = query::<Vec<PsObs>>(shoal, t, &["ps"], QUERY_TIMEOUT).ok();
-                        snap.nodes =
-                            query::<Vec<NodeObs>>(shoal, t, &["nodes"], QUERY_TIMEOUT).ok();
+                        let mut errors = Vec::new();
+                        let mut keep = |e: anyhow::Error| errors.push(format!("{e:#}"));
+                        snap.status = query::<StatusObs>(shoal, t, &["status"], QUERY_TIMEOUT)
+                            .map_err(&mut keep)
+                            .ok();
+                        snap.ps = query::<Vec<PsObs>>(shoal, t, &["ps"], QUERY_TIMEOUT)
+                            .map_err(&mut keep)
+                            .ok();
+                        snap.nodes = query::<Vec<NodeObs>>(shoal, t, &["nodes"], QUERY_TIMEOUT)
+                            .map_err(&mut keep)
+                            .ok();
+                        if !errors.is_empty() {
+                            snap.error = Some(errors.join("; "));
+                        }
                     }
                     snap
                 })
@@ -1121,7 +1176,13 @@ fn snapshot(
 
 /// The sampler: a snapshot every ~500 ms until told to stop. Checks the safety invariants on
 /// each, stops measurement timers, and notices agents that exit on their own.
-fn sampler(fleet: Arc<Mutex<Fleet>>, shared: Arc<Shared>, shoal: PathBuf, t0: Instant) {
+fn sampler(
+    fleet: Arc<Mutex<Fleet>>,
+    shared: Arc<Shared>,
+    shoal: PathBuf,
+    t0: Instant,
+    every: Duration,
+) {
     let namespaces = lock(&fleet).namespaces();
     while !shared.stop.load(Ordering::SeqCst) && !interrupt::interrupted() {
         let tick = Instant::now();
@@ -1165,7 +1226,7 @@ fn sampler(fleet: Arc<Mutex<Fleet>>, shared: Arc<Shared>, shoal: PathBuf, t0: In
         resolve_measures(&shared, &expected, &snap);
         *lock(&shared.latest) = Some(Arc::new(snap));
         *lock(&shared.samples) += 1;
-        if let Some(rest) = SAMPLE_EVERY.checked_sub(tick.elapsed()) {
+        if let Some(rest) = every.checked_sub(tick.elapsed()) {
             std::thread::sleep(rest);
         }
     }

@@ -506,11 +506,21 @@ pub fn find_shoal(given: Option<&Path>) -> anyhow::Result<PathBuf> {
     }
     let workspace = Path::new(env!("CARGO_MANIFEST_DIR")).join("..");
     for base in [Path::new("."), workspace.as_path()] {
-        for profile in ["release", "debug"] {
-            let p = base.join("target").join(profile).join("shoal");
-            if p.is_file() {
-                return Ok(p.canonicalize()?);
+        let release = base.join("target/release/shoal");
+        let debug = base.join("target/debug/shoal");
+        if release.is_file() {
+            let modified = |p: &Path| p.metadata().and_then(|m| m.modified()).ok();
+            if debug.is_file() && modified(&debug) > modified(&release) {
+                eprintln!(
+                    "shoal-chaos: warning: {} is older than {}; pass --shoal to pick",
+                    release.display(),
+                    debug.display()
+                );
             }
+            return Ok(release.canonicalize()?);
+        }
+        if debug.is_file() {
+            return Ok(debug.canonicalize()?);
         }
     }
     bail!(

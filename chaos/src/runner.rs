@@ -1267,3 +1267,50 @@ fn resolve_measures(shared: &Shared, expected: &Expected, snap: &Snapshot) {
         !done
     });
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The real thing, end to end: a one-node fleet in a namespace, a crash of an instance and
+    /// a restart of the agent, then nothing left behind. Needs root and a built `shoal`; says
+    /// why it did not run otherwise (on CI it must run).
+    #[test]
+    fn a_one_node_scenario_runs_end_to_end_and_leaves_nothing_behind() {
+        let ci = std::env::var_os("CI").is_some();
+        // SAFETY: geteuid has no preconditions.
+        if unsafe { libc::geteuid() } != 0 {
+            assert!(!ci, "this test needs root on CI");
+            eprintln!("skipped: needs root to create network namespaces");
+            return;
+        }
+        // The binary `cargo test --workspace` builds (a release one may be stale).
+        let shoal = Path::new(env!("CARGO_MANIFEST_DIR")).join("../target/debug/shoal");
+        if !shoal.is_file() {
+            assert!(!ci, "no {}: build the workspace first", shoal.display());
+            eprintln!("skipped: no {} (cargo build --bin shoal)", shoal.display());
+            return;
+        }
+        let dir = Path::new(env!("CARGO_MANIFEST_DIR")).join("scenarios");
+        let sc = crate::scenario::load(&dir.join("instance-crash.yaml")).expect("scenario");
+        let out = tempfile::tempdir().expect("tempdir");
+        let opts = RunOpts {
+            shoal,
+            out: out.path().to_path_buf(),
+            bug: None,
+            expect_fail: None,
+            tag: 9_100,
+            replay: None,
+            sample_every: Duration::from_millis(500),
+        };
+        let r = run(&sc, &opts);
+        assert_eq!(r.error, None);
+        assert_eq!(r.verdict, Verdict::Pass, "{:?}", r.failed());
+        assert_eq!(r.replacement_ms.len(), 1, "the crash was measured");
+        assert!(r.timeline.series.get("web").is_some_and(|s| !s.is_empty()));
+        let prefix = format!("{}{}x9100-", crate::net::PREFIX, std::process::id());
+        let left = crate::net::sh("ip", &["netns", "list"]).expect("ip netns list");
+        assert!(!left.contains(&prefix), "namespaces left: {left}");
+        assert!(!std::env::temp_dir().join(format!("{prefix}work")).exists());
+    }
+}

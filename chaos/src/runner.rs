@@ -1118,52 +1118,51 @@ fn stop_child(mut c: std::process::Child, graceful: bool) {
     let _ = c.wait();
 }
 
-/// Takes one snapshot: the process table, and `status`, `ps`, `nodes` of every running agent
-/// (in parallel; a paused or stopped agent is not asked).
+/// Takes one snapshot: the process table, and `status`, `ps` (and `nodes` when `with_nodes`:
+/// only detection timers need it) of every running agent, all queries in parallel so a hung
+/// agent costs one timeout. A paused or stopped agent is not asked.
 fn snapshot(
     shoal: &Path,
     targets: &[Target],
     namespaces: &BTreeMap<u64, usize>,
     at_ms: u64,
+    with_nodes: bool,
 ) -> Snapshot {
     let nodes: Vec<NodeSnap> = std::thread::scope(|s| {
         let handles: Vec<_> = targets
             .iter()
             .map(|t| {
-                s.spawn(move || {
-                    let mut snap = NodeSnap {
-                        node: t.node,
-                        id: t.id.clone(),
-                        agent: t.state,
-                        capacity: t.capacity,
-                        status: None,
-                        ps: None,
-                        nodes: None,
-                        error: None,
-                    };
-                    if t.state == AgentState::Running {
-                        let mut errors = Vec::new();
-                        let mut keep = |e: anyhow::Error| errors.push(format!("{e:#}"));
-                        snap.status = query::<StatusObs>(shoal, t, &["status"], QUERY_TIMEOUT)
-                            .map_err(&mut keep)
-                            .ok();
-                        snap.ps = query::<Vec<PsObs>>(shoal, t, &["ps"], QUERY_TIMEOUT)
-                            .map_err(&mut keep)
-                            .ok();
-                        snap.nodes = query::<Vec<NodeObs>>(shoal, t, &["nodes"], QUERY_TIMEOUT)
-                            .map_err(&mut keep)
-                            .ok();
-                        if !errors.is_empty() {
-                            snap.error = Some(errors.join("; "));
-                        }
-                    }
-                    snap
-                })
+                let running = t.state == AgentState::Running;
+                let status = running.then(|| {
+                    s.spawn(move || query::<StatusObs>(shoal, t, &["status"], QUERY_TIMEOUT))
+                });
+                let ps = running.then(|| {
+                    s.spawn(move || query::<Vec<PsObs>>(shoal, t, &["ps"], QUERY_TIMEOUT))
+                });
+                let nodes = (running && with_nodes).then(|| {
+                    s.spawn(move || query::<Vec<NodeObs>>(shoal, t, &["nodes"], QUERY_TIMEOUT))
+                });
+                (t, status, ps, nodes)
             })
             .collect();
         handles
             .into_iter()
-            .map(|h| h.join().expect("query thread"))
+            .map(|(t, status, ps, nodes)| {
+                let mut errors = Vec::new();
+                let status = joined(status, &mut errors);
+                let ps = joined(ps, &mut errors);
+                let nodes = joined(nodes, &mut errors);
+                NodeSnap {
+                    node: t.node,
+                    id: t.id.clone(),
+                    agent: t.state,
+                    capacity: t.capacity,
+                    status,
+                    ps,
+                    nodes,
+                    error: (!errors.is_empty()).then(|| errors.join("; ")),
+                }
+            })
             .collect()
     });
     let raw = crate::procs::scan(namespaces);
@@ -1171,6 +1170,21 @@ fn snapshot(
         at_ms,
         nodes,
         procs: crate::procs::instances(&raw, namespaces),
+    }
+}
+
+/// The answer of a query thread, if one was asked; its error goes to `errors`.
+fn joined<T>(
+    h: Option<std::thread::ScopedJoinHandle<'_, anyhow::Result<T>>>,
+    errors: &mut Vec<String>,
+) -> Option<T> {
+    match h.map(|h| h.join().expect("query thread")) {
+        Some(Ok(v)) => Some(v),
+        Some(Err(e)) => {
+            errors.push(format!("{e:#}"));
+            None
+        }
+        None => None,
     }
 }
 
@@ -1199,7 +1213,10 @@ fn sampler(
             f.targets()
         };
         let at_ms = t0.elapsed().as_millis() as u64;
-        let snap = snapshot(&shoal, &targets, &namespaces, at_ms);
+        let with_nodes = lock(&shared.measures)
+            .iter()
+            .any(|m| matches!(m.kind, MeasureKind::Detection { .. }));
+        let snap = snapshot(&shoal, &targets, &namespaces, at_ms, with_nodes);
         let expected = lock(&shared.expected).clone();
         {
             let mut safety = lock(&shared.safety);

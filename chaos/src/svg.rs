@@ -79,6 +79,10 @@ pub fn render(title: &str, t: &Timeline) -> String {
             (x1 - x0).max(1.0),
             esc(&b.label)
         );
+        // A repeated fault (a flapping link) is labelled once.
+        if k > 0 && t.bands[k - 1].label == b.label {
+            continue;
+        }
         let row = TOP + 12.0 + (k % 6) as f64 * 12.0;
         let _ = writeln!(
             s,

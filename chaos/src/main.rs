@@ -152,7 +152,7 @@ fn require_root() -> anyhow::Result<()> {
     // SAFETY: geteuid has no preconditions.
     if unsafe { libc::geteuid() } != 0 {
         bail!(
-            "shoal-chaos needs root: it creates network namespaces, veths and routes (run it as root, e.g. with sudo)"
+            "needs root: it creates network namespaces, veths and routes (run it as root, e.g. with sudo)"
         );
     }
     Ok(())

@@ -153,6 +153,9 @@ enum MeasureKind {
 struct Measure {
     kind: MeasureKind,
     start_ms: u64,
+    /// Nodes whose agent running again before the timer stops cancels it (a paused node that
+    /// resumed was not replaced, it came back).
+    cancel_if_back: Vec<usize>,
 }
 
 /// Safety violations seen so far (for de-duplication) and each with when it was first seen.
@@ -577,10 +580,11 @@ impl Runner<'_> {
         }
     }
 
-    fn measure(&self, kind: MeasureKind) {
+    fn measure(&self, kind: MeasureKind, cancel_if_back: &[usize]) {
         lock(&self.shared.measures).push(Measure {
             kind,
             start_ms: self.now_ms(),
+            cancel_if_back: cancel_if_back.to_vec(),
         });
     }
 
@@ -620,8 +624,8 @@ impl Runner<'_> {
                         f.kill9(i);
                     }
                 }
-                self.measure(MeasureKind::Detection { victims });
-                self.measure(MeasureKind::Replacement);
+                self.measure(MeasureKind::Detection { victims }, nodes);
+                self.measure(MeasureKind::Replacement, nodes);
                 for &i in nodes {
                     self.open_band(Scope::Node(i), label.clone());
                 }
@@ -633,8 +637,8 @@ impl Runner<'_> {
                     f.signal(i, libc::SIGSTOP);
                     f.node(i).state = AgentState::Paused;
                 }
-                self.measure(MeasureKind::Detection { victims });
-                self.measure(MeasureKind::Replacement);
+                self.measure(MeasureKind::Detection { victims }, nodes);
+                self.measure(MeasureKind::Replacement, nodes);
                 for &i in nodes {
                     self.open_band(Scope::Node(i), label.clone());
                 }
@@ -689,7 +693,7 @@ impl Runner<'_> {
                         self.block_pair(a, b, true)?;
                     }
                 }
-                self.measure(MeasureKind::Detection { victims });
+                self.measure(MeasureKind::Detection { victims }, &[]);
                 self.open_band(Scope::Net, label);
             }
             Fault::Link { nodes, up } => {
@@ -736,7 +740,7 @@ impl Runner<'_> {
                     // SAFETY: kill has no memory-safety preconditions.
                     unsafe { libc::kill(-(pid as i32), libc::SIGKILL) };
                 }
-                self.measure(MeasureKind::Replacement);
+                self.measure(MeasureKind::Replacement, &[]);
                 self.bands.push(Band {
                     start_ms: self.now_ms(),
                     end_ms: self.now_ms() + 200,
@@ -1254,6 +1258,12 @@ fn resolve_measures(shared: &Shared, expected: &Expected, snap: &Snapshot) {
     measures.retain(|m| {
         if snap.at_ms < m.start_ms {
             return true;
+        }
+        if m.cancel_if_back
+            .iter()
+            .any(|&n| snap.agent(n) == AgentState::Running)
+        {
+            return false;
         }
         let done = match &m.kind {
             MeasureKind::Detection { victims } => {

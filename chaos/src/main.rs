@@ -37,6 +37,9 @@ struct Cli {
     /// Where reports, timelines and agent logs go.
     #[arg(long, global = true, default_value = "target/chaos")]
     out: PathBuf,
+    /// Timing profile for every agent (`lan`, `wan`), over the scenarios' own choice.
+    #[arg(long, global = true)]
+    profile: Option<String>,
     /// How often the fleet is sampled (process table, status, ps, nodes).
     #[arg(long, global = true, default_value = "500ms", value_parser = humantime::parse_duration)]
     sample_every: Duration,
@@ -318,7 +321,11 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 sample_every: cli.sample_every,
             };
             tag += 1;
-            let r = runner::run(&plan.scenario, &opts);
+            let mut scenario = plan.scenario.clone();
+            if let Some(p) = &cli.profile {
+                scenario.set_profile(p);
+            }
+            let r = runner::run(&scenario, &opts);
             print_verdict(&r);
             results.push(r);
             // Keep the report current, so an interrupted suite still leaves one.

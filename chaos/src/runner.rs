@@ -26,6 +26,8 @@ use crate::model::{
 };
 use crate::scenario::{Fault, Located, Scenario, Step};
 
+/// How long the fleet must stay converged, unchanged, to count as converged.
+const QUIET_MS: u64 = 2_000;
 const QUERY_TIMEOUT: Duration = Duration::from_secs(3);
 const WRITE_TIMEOUT: Duration = Duration::from_secs(20);
 const API_TIMEOUT: Duration = Duration::from_secs(30);
@@ -118,6 +120,8 @@ pub struct ScenarioResult {
     pub notes: Vec<String>,
     pub replay: Option<String>,
     pub logs: String,
+    /// The snapshots the first failing checks looked at (at most 3), for diagnosis.
+    pub evidence: Vec<Snapshot>,
     pub timeline: Timeline,
 }
 
@@ -213,6 +217,7 @@ struct Runner<'a> {
     notes: Vec<String>,
     netem: bool,
     deploys: u32,
+    evidence: Vec<Snapshot>,
 }
 
 /// Runs a scenario; never panics on fleet trouble, which becomes an `Error` verdict.
@@ -246,6 +251,7 @@ pub fn run(sc: &Scenario, opts: &RunOpts) -> ScenarioResult {
         notes: Vec::new(),
         netem: false,
         deploys: 0,
+        evidence: Vec::new(),
     };
     let mut outcome = r.steps(&sc.steps);
     if outcome.is_ok()
@@ -894,24 +900,42 @@ impl Runner<'_> {
         }
     }
 
+    /// Waits until every snapshot over `QUIET_MS` is converged with the same digest
+    /// (quiescence: a single converged snapshot can be a coincidence in the middle of a merge).
+    /// The convergence time is when that quiet stretch began.
     fn wait_converged(&mut self, timeout: Duration) -> anyhow::Result<()> {
         let start = self.now_ms();
         let deadline = Instant::now() + timeout;
         let mut since = start;
+        // The first snapshot of the current converged run, and its digest.
+        let mut first: Option<(u64, String)> = None;
         loop {
             let snap = self.fresh_snapshot(since, Duration::from_secs(30))?;
             since = snap.at_ms + 1;
             let expected = lock(&self.shared.expected).clone();
             if inv::converged(&expected, &snap) {
-                let from = self.last_disruption_ms.min(start);
-                let took = snap.at_ms.saturating_sub(from);
-                self.convergence_ms.push(took);
-                self.say(format!("converged {took} ms after the last fault or write"));
-                self.record(
-                    Invariant::Convergence,
-                    inv::convergence(Some(snap.at_ms - start), timeout.as_millis() as u64),
-                );
-                return Ok(());
+                let digest = snap
+                    .live()
+                    .find_map(|n| n.status.as_ref().map(|s| s.digest.clone()))
+                    .unwrap_or_default();
+                match &first {
+                    Some((at, d)) if *d == digest && snap.at_ms >= at + QUIET_MS => {
+                        let at = *at;
+                        let from = self.last_disruption_ms.min(start);
+                        let took = at.saturating_sub(from);
+                        self.convergence_ms.push(took);
+                        self.say(format!("converged {took} ms after the last fault or write"));
+                        self.record(
+                            Invariant::Convergence,
+                            inv::convergence(Some(at - start), timeout.as_millis() as u64),
+                        );
+                        return Ok(());
+                    }
+                    Some((_, d)) if *d == digest => {}
+                    _ => first = Some((snap.at_ms, digest)),
+                }
+            } else {
+                first = None;
             }
             if Instant::now() > deadline {
                 let waited = self.now_ms() - start;
@@ -990,6 +1014,9 @@ impl Runner<'_> {
                 .checked = true;
         }
         let after: usize = self.results.values().map(|r| r.count).sum();
+        if after > before && self.evidence.len() < 3 {
+            self.evidence.push((*snap).clone());
+        }
         if after > before {
             self.say(format!("check found {} violation(s)", after - before));
         }
@@ -1098,6 +1125,7 @@ impl Runner<'_> {
             notes: self.notes.clone(),
             replay: self.opts.replay.clone(),
             logs: self.logs.display().to_string(),
+            evidence: std::mem::take(&mut self.evidence),
             timeline,
         }
     }

@@ -770,6 +770,17 @@ fn kind_name(k: FaultKind) -> &'static str {
 }
 
 impl Scenario {
+    /// Runs every agent with this timing profile.
+    pub fn set_profile(&mut self, profile: &str) {
+        if let Some(Located {
+            step: Step::Start(a),
+            ..
+        }) = self.steps.first_mut()
+        {
+            a.profile = Some(profile.to_string());
+        }
+    }
+
     /// The fleet's start step.
     pub fn start(&self) -> &StartArgs {
         match &self.steps.first().map(|s| &s.step) {

@@ -90,6 +90,8 @@ enum Cmd {
     List,
     /// Check scenario files without running them (no root needed).
     Validate { files: Vec<PathBuf> },
+    /// Remove what dead harness runs left behind (namespaces, their processes, work dirs).
+    Sweep,
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -203,6 +205,13 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 "suites: ci = {}; full = every scenario + nemesis 10m; bugs = every bugs: entry",
                 CI.join(", ")
             );
+            return Ok(true);
+        }
+        Cmd::Sweep => {
+            require_root()?;
+            for name in net::sweep() {
+                println!("removed {name}");
+            }
             return Ok(true);
         }
         Cmd::Validate { files } => {

@@ -290,6 +290,19 @@ pub fn sweep() -> Vec<String> {
         return Vec::new();
     };
     let mut removed = Vec::new();
+    // Work dirs (data dirs, key) of dead runs.
+    if let Ok(rd) = std::fs::read_dir(std::env::temp_dir()) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            let Some(rest) = name.strip_prefix(PREFIX) else {
+                continue;
+            };
+            let pid = rest.split(['x', '-']).next().and_then(|p| p.parse().ok());
+            if name.ends_with("-work") && pid.is_some_and(|p| !pid_alive_as_harness(p)) {
+                let _ = std::fs::remove_dir_all(e.path());
+            }
+        }
+    }
     for line in list.lines() {
         let name = line.split_whitespace().next().unwrap_or_default();
         let Some(rest) = name.strip_prefix(PREFIX) else {
@@ -315,9 +328,17 @@ pub fn sweep() -> Vec<String> {
 /// Whether `pid` is a running shoal-chaos or its test binary (a recycled pid of another
 /// program does not count).
 fn pid_alive_as_harness(pid: u32) -> bool {
-    std::fs::read_to_string(format!("/proc/{pid}/comm"))
-        .map(|c| c.trim().starts_with("shoal-chaos") || c.trim().starts_with("shoal_chaos"))
-        .unwrap_or(false)
+    let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
+        return false;
+    };
+    // `pid (comm) S ...`: a zombie (Z) or dead (X) process is gone, whatever its name.
+    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+        return false;
+    };
+    let comm = &stat[open + 1..close];
+    let state = stat[close + 1..].split_whitespace().next().unwrap_or("X");
+    (comm.starts_with("shoal-chaos") || comm.starts_with("shoal_chaos"))
+        && !matches!(state, "Z" | "X")
 }
 
 /// Moves the calling thread into the namespace. Used in `pre_exec` (async-signal-safe: one

@@ -66,7 +66,8 @@ enum Cmd {
         expect: Option<Invariant>,
     },
     /// Run a named suite: ci (short, for every change), full (every scenario and a 10-minute
-    /// nemesis) or bugs (each deliberate bug must be caught by its invariant).
+    /// nemesis) or bugs (each scenario with a `bugs:` entry passes clean, and each deliberate
+    /// bug is caught by its invariant).
     Suite {
         #[arg(value_enum)]
         suite: Suite,
@@ -282,6 +283,17 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 }
                 Suite::Bugs => {
                     for s in all_scenarios(&dir)? {
+                        if s.bugs.is_empty() {
+                            continue;
+                        }
+                        // The baseline: without the bug the invariant must hold, or catching
+                        // the bug would prove nothing.
+                        plans.push(Plan {
+                            scenario: s.clone(),
+                            bug: None,
+                            expect: None,
+                            replay: None,
+                        });
                         for (bug, inv) in s.bugs.clone() {
                             plans.push(Plan {
                                 scenario: s.clone(),

@@ -802,6 +802,11 @@ impl Runner<'_> {
         if f.nodes[i - 1].state == AgentState::Paused {
             f.signal(i, libc::SIGCONT);
             f.node(i).state = AgentState::Running;
+            // A heal while it was paused could not reach its fault hook: bring the hook in
+            // line with what the harness wants now.
+            if !f.net.netem {
+                f.apply_link(i)?;
+            }
         }
         drop(f);
         self.last_disruption_ms = self.now_ms();

@@ -1331,6 +1331,74 @@ fn resolve_measures(shared: &Shared, expected: &Expected, snap: &Snapshot) {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::model::{ServiceModel, StatusObs};
+
+    fn snap_with(agent2: AgentState, at_ms: u64) -> Snapshot {
+        let node = |n: usize, agent: AgentState| NodeSnap {
+            node: n,
+            id: Some(format!("id{n}")),
+            agent,
+            capacity: Default::default(),
+            status: Some(StatusObs::default()),
+            ps: Some(Vec::new()),
+            nodes: Some(vec![NodeObs {
+                id: "id2".into(),
+                state: "down".into(),
+                incarnation: 1,
+                capacity: Default::default(),
+                allocated: Default::default(),
+            }]),
+            error: None,
+        };
+        Snapshot {
+            at_ms,
+            nodes: vec![node(1, AgentState::Running), node(2, agent2)],
+            procs: Vec::new(),
+        }
+    }
+
+    #[test]
+    fn detection_stops_when_every_survivor_shows_the_victim_down() {
+        let shared = Shared::default();
+        lock(&shared.measures).push(Measure {
+            kind: MeasureKind::Detection {
+                victims: vec!["id2".into()],
+            },
+            start_ms: 1_000,
+            cancel_if_back: vec![2],
+        });
+        resolve_measures(
+            &shared,
+            &Expected::new(),
+            &snap_with(AgentState::Stopped, 2_500),
+        );
+        assert_eq!(*lock(&shared.detection), vec![1_500]);
+        assert!(lock(&shared.measures).is_empty());
+    }
+
+    #[test]
+    fn a_victim_back_before_its_replacement_cancels_the_timer() {
+        let shared = Shared::default();
+        lock(&shared.measures).push(Measure {
+            kind: MeasureKind::Replacement,
+            start_ms: 1_000,
+            cancel_if_back: vec![2],
+        });
+        let expected = Expected::from([(
+            "web".to_string(),
+            ServiceModel {
+                replicas: 1,
+                ..ServiceModel::default()
+            },
+        )]);
+        // Paused victim, nothing running yet: the timer keeps going.
+        resolve_measures(&shared, &expected, &snap_with(AgentState::Paused, 1_500));
+        assert_eq!(lock(&shared.measures).len(), 1);
+        // The victim resumed before any replacement: nothing is recorded.
+        resolve_measures(&shared, &expected, &snap_with(AgentState::Running, 2_000));
+        assert!(lock(&shared.measures).is_empty());
+        assert!(lock(&shared.replacement).is_empty());
+    }
 
     /// The real thing, end to end: a one-node fleet in a namespace, a crash of an instance and
     /// a restart of the agent, then nothing left behind. Needs root and a built `shoal`; says

@@ -339,7 +339,19 @@ impl Fleet {
         let t = self.targets()[i - 1].clone();
         // `{}` clears the hook.
         let body = serde_json::to_string(&link).expect("plain struct");
-        post_fault_hook(&t, &body)
+        // A busy agent may miss one call; one without the hook never has it.
+        let mut last = None;
+        for attempt in 0..3 {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(500));
+            }
+            match post_fault_hook(&t, &body) {
+                Ok(()) => return Ok(()),
+                Err(e) if e.downcast_ref::<NoFaultHook>().is_some() => return Err(e),
+                Err(e) => last = Some(e),
+            }
+        }
+        Err(last.expect("three attempts"))
     }
 }
 
@@ -452,6 +464,15 @@ pub fn query<T: serde::de::DeserializeOwned>(
     })
 }
 
+/// The agent has no test fault hook and the kernel no netem: loss and delay cannot be injected.
+#[derive(Debug, thiserror::Error)]
+#[error(
+    "n{node}: the agent has no fault hook (POST /v1/test/faults answered 404) and the kernel has no netem, so loss and delay cannot be injected"
+)]
+pub struct NoFaultHook {
+    pub node: usize,
+}
+
 /// `POST /v1/test/faults` with the node's API token, from a thread inside its namespace.
 pub fn post_fault_hook(t: &Target, body: &str) -> anyhow::Result<()> {
     let token_path = t.data_dir.join("api-token");
@@ -485,9 +506,7 @@ pub fn post_fault_hook(t: &Target, body: &str) -> anyhow::Result<()> {
         .unwrap_or(0);
     match code {
         200..=299 => Ok(()),
-        404 => bail!(
-            "n{node}: the agent has no fault hook (POST /v1/test/faults answered 404); netem is missing too, so loss/delay cannot be injected"
-        ),
+        404 => Err(NoFaultHook { node }.into()),
         _ => {
             let body = response.split("\r\n\r\n").nth(1).unwrap_or_default().trim();
             bail!("n{node}: POST /v1/test/faults answered {status_line:?}: {body}")

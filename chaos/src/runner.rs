@@ -726,7 +726,9 @@ impl Runner<'_> {
                     } else {
                         f.node(i).link.drop_rate = *rate;
                     }
-                    f.apply_link(i)?;
+                    let r = f.apply_link(i);
+                    drop(f);
+                    self.injected(i, &label, r)?;
                 }
                 self.open_band(Scope::Net, label);
             }
@@ -757,12 +759,31 @@ impl Runner<'_> {
                 for &i in nodes {
                     let mut f = self.fleet()?;
                     f.node(i).link.delay_ms = *delay_ms;
-                    f.apply_link(i)?;
+                    let r = f.apply_link(i);
+                    drop(f);
+                    self.injected(i, &label, r)?;
                 }
                 self.open_band(Scope::Net, label);
             }
         }
         Ok(())
+    }
+
+    /// A fault hook or netem call that failed: fatal when loss and delay cannot be injected at
+    /// all, else noted (an agent too busy to answer its hook is itself a finding).
+    fn injected(&mut self, node: usize, what: &str, r: anyhow::Result<()>) -> anyhow::Result<()> {
+        match r {
+            Ok(()) => Ok(()),
+            Err(e) if e.downcast_ref::<crate::fleet::NoFaultHook>().is_some() => Err(e),
+            Err(e) => {
+                self.say(format!("could not apply {what} on n{node}: {e:#}"));
+                self.notes.push(format!(
+                    "line {}: could not apply {what} on n{node}: {e:#}",
+                    self.line
+                ));
+                Ok(())
+            }
+        }
     }
 
     /// The fault aimed at the node that runs slot 0 of `service` (from the process table of
@@ -851,6 +872,7 @@ impl Runner<'_> {
 
     fn heal(&mut self) -> anyhow::Result<()> {
         let blocks: Vec<_> = std::mem::take(&mut self.blocks).into_iter().collect();
+        let mut failed = Vec::new();
         {
             let mut f = self.fleet()?;
             for (a, b) in blocks {
@@ -859,14 +881,17 @@ impl Runner<'_> {
             for i in 1..=f.nodes.len() {
                 if !f.nodes[i - 1].link.is_clear() {
                     f.node(i).link = Default::default();
-                    if let Err(e) = f.apply_link(i) {
-                        // A paused or stopped agent cannot take the hook; it restarts clean.
-                        if f.nodes[i - 1].state == AgentState::Running {
-                            return Err(e);
-                        }
+                    // A paused or stopped agent cannot take the hook; it is set again when it
+                    // resumes, and a restarted one starts clean.
+                    let r = f.apply_link(i);
+                    if f.nodes[i - 1].state == AgentState::Running {
+                        failed.push((i, r));
                     }
                 }
             }
+        }
+        for (i, r) in failed {
+            self.injected(i, "heal", r)?;
         }
         self.last_disruption_ms = self.now_ms();
         self.close_bands(|s| matches!(s, Scope::Net | Scope::Pair(..)));

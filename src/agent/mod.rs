@@ -9,6 +9,7 @@
 pub mod config;
 pub mod demo;
 mod runtime_worker;
+mod writer;
 
 use std::collections::{BTreeMap, BTreeSet};
 use std::path::{Path, PathBuf};
@@ -31,6 +32,7 @@ use crate::node::{
     TestBugs, Topic,
 };
 use crate::spec::{DriverKind, Resources, ServiceName};
+use crate::state::{ClusterState, Crdt};
 use crate::store::Store;
 use crate::wire;
 use config::{AgentConfig, LogFormat, Profile};
@@ -55,8 +57,10 @@ pub fn run(args: config::AgentArgs) -> anyhow::Result<()> {
 fn init_logging(format: LogFormat) {
     use tracing_subscriber::EnvFilter;
     let filter = EnvFilter::try_from_env("SHOAL_LOG").unwrap_or_else(|_| EnvFilter::new("info"));
+    let ansi = std::io::IsTerminal::is_terminal(&std::io::stderr());
     let builder = tracing_subscriber::fmt()
         .with_env_filter(filter)
+        .with_ansi(ansi)
         .with_writer(std::io::stderr);
     let _ = match format {
         LogFormat::Text => builder.try_init(),
@@ -172,7 +176,7 @@ fn parse_multiaddrs(what: &str, list: &[String]) -> anyhow::Result<Vec<Multiaddr
 
 /// Everything the node loop drives besides the node itself.
 struct Shell {
-    store: Store,
+    writer: mpsc::Sender<writer::Job>,
     cmd_tx: mpsc::Sender<crate::runtime::RuntimeCommand>,
     pending: Pending,
     net: NetHandle,
@@ -274,6 +278,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         swim: Some(profile.tuning(64)),
         bugs,
     };
+    let (writer_tx, writer_thread) = writer::spawn(store, state.clone());
     let mut node = Node::new(node_cfg, state, StdRng::from_rng(&mut rand::rng()))
         .context("invalid node configuration")?;
 
@@ -309,7 +314,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
 
     let (sync_resp_tx, mut sync_resp_rx) = mpsc::channel(256);
     let mut shell = Shell {
-        store,
+        writer: writer_tx,
         cmd_tx,
         pending: Pending::new(),
         net: net.clone(),
@@ -364,17 +369,20 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         out.clear();
         node.handle(clock.now(), input, &mut out);
-        shell.execute(&node, &mut out);
+        shell.execute(&node, &mut out).await;
     }
     info!("shutting down; instances keep running and are adopted on the next start");
     out.clear();
     node.leave(clock.now(), &mut out);
-    shell.execute(&node, &mut out);
+    shell.execute(&node, &mut out).await;
     // Give the leave notice a moment to go out before the connections close.
     tokio::time::sleep(Duration::from_millis(300)).await;
     net.shutdown().await;
     let _ = stop_api_tx.send(());
     let _ = tokio::time::timeout(Duration::from_secs(2), api_task).await;
+    // Let the writer finish what is queued and make it durable.
+    drop(shell);
+    let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     Ok(())
 }
 
@@ -461,30 +469,30 @@ impl Shell {
         }
     }
 
-    /// Executes the core's outputs in order.
-    fn execute(&mut self, node: &Node<StdRng>, out: &mut Vec<Output>) {
-        let mut persist_failed: Option<String> = None;
+    /// Executes the core's outputs in order. Changed entries go to the store writer as one job
+    /// per batch; replies to writes ride with that job and are sent once it is durable.
+    async fn execute(&mut self, node: &Node<StdRng>, out: &mut Vec<Output>) {
+        let mut job = writer::Job {
+            entries: ClusterState::default(),
+            durable: false,
+            acks: Vec::new(),
+        };
         for o in out.drain(..) {
             match o {
                 Output::Persist(delta) => {
-                    if let Err(e) = self.store.persist(node.state(), &delta) {
-                        error!(error = %e, "cannot persist state");
-                        persist_failed = Some(e.to_string());
-                    }
+                    let entries = node.state().entries_for(&delta);
+                    job.entries.merge(&entries);
                 }
                 Output::Reply { id, result } => {
                     let Some((is_write, reply)) = self.pending.remove(&id) else {
                         continue;
                     };
-                    let result = match (&persist_failed, is_write, result) {
-                        (Some(e), true, _) => Err(ApiError {
-                            kind: ApiErrorKind::Unavailable,
-                            error: format!("the write could not be persisted: {e}"),
-                            hint: Some("it was not acknowledged; fix the disk and retry".into()),
-                        }),
-                        (_, _, Ok(ApiReply::Status(mut st))) => {
+                    let result = match result {
+                        Ok(ApiReply::Status(mut st)) => {
                             let net = self.net.stats();
                             st.counters.frames_rejected = net.frames_rejected + self.undecodable;
+                            st.counters.net_bytes_in = net.bytes_in;
+                            st.counters.net_bytes_out = net.bytes_out;
                             if let Some(f) = &self.test_faults {
                                 st.faults.push(format!(
                                     "test faults on: drop {} delay {}ms blocked {:?}",
@@ -497,9 +505,17 @@ impl Shell {
                             }
                             Ok(ApiReply::Status(st))
                         }
-                        (_, _, result) => result,
+                        other => other,
                     };
-                    let _ = reply.send(result);
+                    if is_write && !job.entries.is_empty() {
+                        job.durable = true;
+                        job.acks.push((reply, result));
+                    } else if is_write && !job.acks.is_empty() {
+                        // Ordered after earlier acknowledgements of this batch.
+                        job.acks.push((reply, result));
+                    } else {
+                        let _ = reply.send(result);
+                    }
                 }
                 Output::Runtime(cmd) => {
                     if let Err(e) = self.cmd_tx.try_send(cmd) {
@@ -508,9 +524,6 @@ impl Shell {
                     }
                 }
                 Output::Broadcast { topic, msg } => {
-                    if persist_failed.is_some() {
-                        continue;
-                    }
                     let bytes = wire::encode(&msg);
                     if bytes.len() > MAX_GOSSIP_BYTES {
                         // Anti-entropy carries what is too big to gossip.
@@ -547,6 +560,12 @@ impl Shell {
                         let _ = reply.send(wire::encode(&msg));
                     }
                 }
+            }
+        }
+        if !job.entries.is_empty() || !job.acks.is_empty() {
+            // Waits only when the writer is a whole queue behind (back-pressure, never loss).
+            if self.writer.send(job).await.is_err() {
+                error!("the store writer stopped; writes are no longer persisted");
             }
         }
     }

@@ -27,9 +27,12 @@ pub const MAX_AGENT_VERSION_BYTES: usize = 64;
 /// An encoded metadata record is at most this many bytes (the field bounds above allow about
 /// 7.4 KB; this leaves room for the SWIM header in one packet).
 pub const MAX_META_RECORD_BYTES: usize = 8 * 1024;
-/// The store remembers records for at most this many nodes; records for nodes SWIM no longer
-/// knows are dropped when their tombstone is collected.
-pub const MAX_META_ENTRIES: usize = 16 * 1024;
+/// The store remembers records for at most this many nodes. Records of nodes SWIM does not
+/// know are swept every `ORPHAN_SWEEP_MS` (a record may arrive just before its node's first
+/// membership update; if swept, the pull repair fetches it again).
+pub const MAX_META_ENTRIES: usize = 8 * 1024;
+/// See [`MAX_META_ENTRIES`].
+pub const ORPHAN_SWEEP_MS: u64 = 30_000;
 
 /// What a node tells the cluster about itself: capacity, what it has allocated, labels and
 /// where to reach it. Versioned: `Membership` assigns `version` and peers keep the newest per

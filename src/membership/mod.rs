@@ -15,7 +15,11 @@
 
 mod identity;
 mod meta;
+mod meta_sync;
+mod snapshot;
+mod suspicion;
 mod tuning;
+mod view;
 mod wire;
 
 #[cfg(test)]
@@ -38,6 +42,8 @@ pub use meta::{
 pub use tuning::{Profile, SwimTuning, TuningError};
 
 use meta::{Handler, Item, MetaRecord, SharedStore, Stamp};
+use suspicion::{NOTICES_PER_SUSPICION, Notice};
+use view::Tracked;
 use wire::Kind;
 
 type Foca = foca::Foca<MemberId, PostcardCodec, Xoshiro256PlusPlus, Handler>;
@@ -135,6 +141,9 @@ pub struct MembershipStats {
     pub timer_errors: u64,
     /// Inputs ignored because this node has left.
     pub ignored_after_leave: u64,
+    /// "You are down" messages foca wanted to send to members still alive in our view (a
+    /// refuted suspicion); dropped, see `after_foca`.
+    pub turn_undead_suppressed: u64,
 }
 
 /// Why `Membership::new` refused its arguments.
@@ -175,30 +184,16 @@ pub struct Membership {
     own_incarnation: u16,
     /// Suspicions our own probes started: notices still to send to the suspect.
     notices: BTreeMap<NodeId, Notice>,
+    /// Snapshots served, for their rate limits.
+    served: snapshot::Served,
+    /// When to pull follow-up snapshots after an announce.
+    follow_ups: Vec<Millis>,
+    /// Our own choices (which member to ask for a snapshot); foca has its own generator.
+    rng: Xoshiro256PlusPlus,
+    /// When records of nodes SWIM does not know were last swept from the store.
+    swept_at: Millis,
     left: bool,
     stats: MembershipStats,
-}
-
-/// Repeated "you are suspected" notices, so one lost datagram does not decide.
-struct Notice {
-    next: Millis,
-    life: (u64, u32),
-    incarnation: u16,
-    left: u8,
-}
-
-/// Notices sent per suspicion started by our own probe, spread over the suspicion timeout.
-const NOTICES_PER_SUSPICION: u8 = 3;
-
-struct Tracked {
-    member: Member,
-    renewal: u32,
-    /// Foca's view of this life: `state` may say `Left` where foca still says alive or down.
-    foca_state: MemberState,
-    /// Foca's incarnation of this life (bumped by the member to refute suspicion).
-    foca_incarnation: u16,
-    /// The scan that last found it in foca's state (tombstones foca forgot are dropped).
-    seen: u64,
 }
 
 impl Membership {
@@ -255,6 +250,10 @@ impl Membership {
             own_id_bytes: postcard::to_allocvec(&me).expect("encoding to a Vec cannot fail"),
             own_incarnation: 0,
             notices: BTreeMap::new(),
+            served: snapshot::Served::default(),
+            follow_ups: Vec::new(),
+            rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x005E_ED0F_5140_A100),
+            swept_at: Millis(0),
             left: false,
             stats: MembershipStats::default(),
         };
@@ -285,16 +284,23 @@ impl Membership {
         &self.tuning
     }
 
-    /// Asks `to` (typically a seed just connected to) to let us in. Repeat it for each seed;
-    /// announcing to a member already known is harmless.
+    /// Asks `to` (typically a seed just connected to) to let us in, and for a snapshot of its
+    /// active members (rate-limited at `to`). Repeat it for each seed; announcing to a member
+    /// already known is harmless.
     pub fn announce(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
         if self.left || to == self.me {
             return;
         }
-        if let Err(e) = self.foca.announce(MemberId::placeholder(to), &mut self.rt) {
+        if let Err(e) = self
+            .foca
+            .announce(MemberId::placeholder(to.clone()), &mut self.rt)
+        {
             tracing::debug!(error = %e, "swim announce failed");
         }
         self.after_foca(now, out, true);
+        // Foca's answer (a feed) holds one packet of members; the snapshot holds them all.
+        self.request_snapshot(to, out);
+        self.plan_follow_ups(now);
     }
 
     /// Feeds a datagram received from `from` (the transport-authenticated sender). Bad bytes
@@ -326,17 +332,30 @@ impl Membership {
             }
         };
         match kind {
-            Kind::Swim { meta, suspect } => {
-                self.handle_swim(now, from, meta, suspect, payload, out)
+            Kind::Swim {
+                extras,
+                src,
+                src_addrs,
+                src_incarnation,
+                dst,
+            } => {
+                let me = self.foca.identity();
+                let packet = wire::expand(from, me, src, src_addrs, src_incarnation, dst, payload);
+                self.handle_swim(now, from, extras, &packet, out)
             }
+            Kind::SwimFull { extras } => self.handle_swim(now, from, extras, payload, out),
             Kind::MetaPull if payload.is_empty() => {
-                let bytes = wire::encode(Kind::MetaPush, &self.published_item());
+                let bytes = wire::encode(&Kind::MetaPush, &self.published_item());
                 self.emit_datagram(from.clone(), bytes, out);
             }
             Kind::Suspected { incarnation } if payload.is_empty() => {
                 self.answer_suspicion(now, from, incarnation, out)
             }
-            Kind::MetaPull | Kind::Suspected { .. } => self.stats.decode_errors += 1,
+            Kind::SnapshotPull if payload.is_empty() => self.answer_snapshot(now, from, out),
+            Kind::SnapshotPush => self.apply_snapshot(now, payload, out),
+            Kind::MetaPull | Kind::Suspected { .. } | Kind::SnapshotPull => {
+                self.stats.decode_errors += 1
+            }
             Kind::MetaPush => match Item::decode(payload) {
                 Ok(Item::Meta(record)) if record.node == *from => {
                     let offered = self.store.lock().offer_meta(record);
@@ -356,11 +375,14 @@ impl Membership {
         &mut self,
         now: Millis,
         from: &NodeId,
-        stamp: Stamp,
-        suspect: Option<u16>,
+        extras: wire::SwimExtras,
         payload: &[u8],
         out: &mut Vec<MemberOutput>,
     ) {
+        let wire::SwimExtras {
+            meta: stamp,
+            suspect,
+        } = extras;
         // Foca trusts the sender named in the packet; the transport knows the real one.
         let mut rest = payload;
         let quiet = match Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut rest) {
@@ -430,6 +452,14 @@ impl Membership {
         }
         self.after_foca(now, out, scan);
         self.pull_missing_meta(now, out);
+        self.send_follow_ups(now, out);
+        if now.since(self.swept_at) >= meta::ORPHAN_SWEEP_MS {
+            self.swept_at = now;
+            let tracked = &self.tracked;
+            let mut store = self.store.lock();
+            store.metas.retain(|node, _| tracked.contains_key(node));
+            store.leaving.retain(|node, _| tracked.contains_key(node));
+        }
     }
 
     /// When `tick` next has work to do.
@@ -439,12 +469,18 @@ impl Membership {
         }
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let notice = self.notices.values().map(|n| n.next).min();
+        let follow_up = self.follow_ups.first().copied();
         let meta = match (self.meta_pending, self.published_at) {
             (true, Some(at)) => Some(at.plus(self.tuning.meta_min_interval_ms)),
             (true, None) => Some(Millis(0)),
             (false, _) => None,
         };
-        timer.into_iter().chain(meta).chain(notice).min()
+        timer
+            .into_iter()
+            .chain(meta)
+            .chain(notice)
+            .chain(follow_up)
+            .min()
     }
 
     /// Replaces this node's metadata. Its `version` is assigned here. Published at once unless
@@ -533,44 +569,6 @@ impl Membership {
         s
     }
 
-    // ---- internals ----
-
-    fn meta_window_open(&self, now: Millis) -> bool {
-        self.published_at
-            .is_none_or(|at| now.since(at) >= self.tuning.meta_min_interval_ms)
-    }
-
-    fn publish_meta(&mut self, now: Millis) {
-        self.meta.version = self.published.meta.version + 1;
-        self.published = MetaRecord {
-            node: self.me.clone(),
-            incarnation: self.foca.identity().incarnation,
-            meta: self.meta.clone(),
-        };
-        self.published_at = Some(now);
-        self.meta_pending = false;
-        if let Some(me) = self.tracked.get_mut(&self.me) {
-            me.member.meta = Some(self.meta.clone());
-        }
-        self.broadcast_item(&Item::Meta(self.published.clone()));
-    }
-
-    fn published_item(&self) -> Vec<u8> {
-        self.published.encode()
-    }
-
-    fn broadcast_item(&mut self, item: &Item) {
-        let bytes = postcard::to_allocvec(item).expect("encoding to a Vec cannot fail");
-        if let Err(e) = self.foca.add_broadcast(&bytes) {
-            // Sizes are checked before; reaching here is a bug worth seeing in the logs.
-            tracing::warn!(error = %e, len = bytes.len(), "swim broadcast refused");
-        }
-        // Our own record lands in the store too: not news for the rest of this node.
-        let mut store = self.store.lock();
-        store.meta_changed.retain(|n| *n != self.me);
-        store.left.retain(|n| *n != self.me);
-    }
-
     fn heard(&mut self, now: Millis, from: &NodeId) {
         if let Some(t) = self.tracked.get_mut(from) {
             t.member.last_heard = now;
@@ -581,103 +579,6 @@ impl Membership {
         self.stats.datagrams_out += 1;
         self.stats.bytes_out += bytes.len() as u64;
         out.push(MemberOutput::Datagram { to, bytes });
-    }
-
-    /// A packet that cannot change any member state: it carries no membership update and its
-    /// sender is a life foca already holds alive at the incarnation the header names. (Foca
-    /// applies "sender alive at its incarnation", a no-op then.) Most pings and acks are quiet,
-    /// which spares the O(members) scan.
-    fn is_quiet(&self, header: &foca::Header<MemberId>, rest: &[u8]) -> bool {
-        let no_updates = match rest {
-            [] | [_] => true,
-            [hi, lo, ..] => {
-                header.message == foca::Message::Broadcast || u16::from_be_bytes([*hi, *lo]) == 0
-            }
-        };
-        no_updates
-            && self.tracked.get(&header.src.node).is_some_and(|t| {
-                (t.member.incarnation, t.renewal, &t.member.addrs)
-                    == (
-                        header.src.incarnation,
-                        header.src.renewal,
-                        &header.src.addrs,
-                    )
-                    && t.foca_state == MemberState::Alive
-                    && t.foca_incarnation == header.src_incarnation
-            })
-    }
-
-    /// The sender suspects us at foca `incarnation`: let foca refute it (bump its incarnation
-    /// and gossip) before answering, so the answer itself carries the refutation. Flags at or
-    /// below one already refuted are stale and ignored (foca would gossip for nothing).
-    fn refute(&mut self, incarnation: u16) {
-        if self.refuted.is_some_and(|done| incarnation <= done) {
-            return;
-        }
-        self.refuted = Some(incarnation);
-        let me = foca::Member::new(
-            self.foca.identity().clone(),
-            incarnation,
-            foca::State::Suspect,
-        );
-        if let Err(e) = self
-            .foca
-            .apply_many(std::iter::once(me), true, &mut self.rt)
-        {
-            tracing::debug!(error = %e, "swim refutation failed");
-        }
-    }
-
-    /// Pulls the sender's record when its packet shows a newer one than we have.
-    fn maybe_pull(
-        &mut self,
-        now: Millis,
-        from: &NodeId,
-        stamp: Stamp,
-        out: &mut Vec<MemberOutput>,
-    ) {
-        let stale = self
-            .store
-            .lock()
-            .stamp_of(from)
-            .is_none_or(|known| known < stamp);
-        if stale && self.tracked.contains_key(from) && self.pull_due(now, from) {
-            self.send_pull(now, from.clone(), out);
-        }
-    }
-
-    fn pull_due(&self, now: Millis, node: &NodeId) -> bool {
-        self.pulled
-            .get(node)
-            .is_none_or(|at| now.since(*at) >= self.tuning.meta_pull_retry_ms)
-    }
-
-    fn send_pull(&mut self, now: Millis, to: NodeId, out: &mut Vec<MemberOutput>) {
-        self.stats.meta_pulls_sent += 1;
-        self.pulled.insert(to.clone(), now);
-        self.emit_datagram(to, wire::encode(Kind::MetaPull, &[]), out);
-    }
-
-    /// Active members whose metadata never arrived (a join missed their broadcast), a few
-    /// per tick, each retried after `meta_pull_retry_ms`.
-    fn pull_missing_meta(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
-        let grace = self.tuning.meta_pull_retry_ms;
-        let missing: Vec<NodeId> = self
-            .tracked
-            .iter()
-            .filter(|(node, t)| {
-                **node != self.me
-                    && t.member.meta.is_none()
-                    && t.member.state.is_active()
-                    && now.since(t.member.state_since) >= grace
-                    && self.pull_due(now, node)
-            })
-            .map(|(node, _)| node.clone())
-            .take(self.tuning.meta_pulls_per_tick)
-            .collect();
-        for node in missing {
-            self.send_pull(now, node, out);
-        }
     }
 
     /// Turns what foca produced into outputs and, if `scan`, brings `tracked` up to date.
@@ -729,275 +630,41 @@ impl Membership {
         let stamp = self.published.stamp();
         let sends: Vec<_> = self.rt.sends.drain(..).collect();
         for (to, data) in sends {
-            let suspect = self.tracked.get(&to.node).and_then(|t| {
-                let same_life = (t.member.incarnation, t.renewal) == (to.incarnation, to.renewal);
-                (same_life && t.member.state == MemberState::Suspect).then_some(t.foca_incarnation)
-            });
+            let known = self
+                .tracked
+                .get(&to.node)
+                .filter(|t| (t.member.incarnation, t.renewal) == (to.incarnation, to.renewal));
+            if known.is_some_and(|t| t.foca_state.is_active()) && is_turn_undead(&data) {
+                // Foca 2.0.0 also sends "you are down" when a suspicion was refuted in time
+                // (its suspect-to-down timer finds the member alive again); the member would
+                // then rejoin as a new life for nothing. We only tell members we hold down.
+                self.stats.turn_undead_suppressed += 1;
+                continue;
+            }
+            let suspect = known
+                .filter(|t| t.member.state == MemberState::Suspect)
+                .map(|t| t.foca_incarnation);
             if let Some(rest) = data.strip_prefix(self.own_id_bytes.as_slice())
                 && let Ok((incarnation, _)) = postcard::take_from_bytes::<u16>(rest)
             {
                 self.own_incarnation = incarnation;
             }
-            let bytes = wire::encode(
-                Kind::Swim {
-                    meta: stamp,
-                    suspect,
-                },
-                &data,
-            );
+            let extras = wire::SwimExtras {
+                meta: stamp,
+                suspect,
+            };
+            let me = self.foca.identity();
+            let bytes = wire::compact(me, &self.own_id_bytes, &to, &data, extras);
             self.emit_datagram(to.node, bytes, out);
         }
         self.send_notices(now, out);
     }
-
-    /// Sends the due "you are suspected" notices while the suspicion stands.
-    fn send_notices(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
-        if self.notices.is_empty() {
-            return;
-        }
-        let spacing = (self.tuning.suspect_to_down_ms / u64::from(NOTICES_PER_SUSPICION)).max(1);
-        let mut due = Vec::new();
-        self.notices.retain(|node, n| {
-            let standing = self.tracked.get(node).is_some_and(|t| {
-                (t.member.incarnation, t.renewal) == n.life
-                    && t.member.state == MemberState::Suspect
-                    && t.foca_incarnation == n.incarnation
-            });
-            if !standing || n.left == 0 {
-                return false;
-            }
-            if n.next <= now {
-                due.push((node.clone(), n.incarnation));
-                n.left -= 1;
-                n.next = now.plus(spacing);
-            }
-            true
-        });
-        for (node, incarnation) in due {
-            self.emit_datagram(
-                node,
-                wire::encode(Kind::Suspected { incarnation }, &[]),
-                out,
-            );
-        }
-    }
-
-    /// A prober suspects us: refute if it suspects our current incarnation, then answer it
-    /// directly with a minimal foca packet (a gossip with no update) whose header carries our
-    /// incarnation, which clears the suspicion at the one member whose timer would fire.
-    fn answer_suspicion(
-        &mut self,
-        now: Millis,
-        from: &NodeId,
-        incarnation: u16,
-        out: &mut Vec<MemberOutput>,
-    ) {
-        let Some(t) = self.tracked.get(from) else {
-            return;
-        };
-        let dst = MemberId {
-            node: from.clone(),
-            incarnation: t.member.incarnation,
-            renewal: t.renewal,
-            addrs: t.member.addrs.clone(),
-        };
-        if incarnation >= self.own_incarnation {
-            self.refute(incarnation);
-            // Flushes foca's refutation gossip, which also updates `own_incarnation`.
-            self.after_foca(now, out, false);
-        }
-        let header = foca::Header {
-            src: self.foca.identity().clone(),
-            src_incarnation: self.own_incarnation,
-            dst,
-            message: foca::Message::Gossip,
-        };
-        let mut packet = Vec::new();
-        if Codec::<MemberId>::encode_header(&mut PostcardCodec, &header, &mut packet).is_ok() {
-            packet.extend_from_slice(&[0, 0]); // no membership update
-            let bytes = wire::encode(
-                Kind::Swim {
-                    meta: self.published.stamp(),
-                    suspect: None,
-                },
-                &packet,
-            );
-            self.emit_datagram(from.clone(), bytes, out);
-        }
-    }
-
-    /// Compares foca's member states with `tracked` and emits the transitions, in id order.
-    /// O(members) with one map lookup and a few integer compares per member; callers skip it
-    /// when foca provably changed nothing.
-    fn sync_members(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
-        self.scan += 1;
-        let scan = self.scan;
-        let store = self.store.lock();
-        // (node, state before or None for a fresh arrival, state now, addresses changed)
-        let mut changes: Vec<(NodeId, Option<MemberState>, MemberState, bool)> = Vec::new();
-        for fm in self.foca.iter_membership_state() {
-            let id = fm.id();
-            let foca_state = match fm.state() {
-                foca::State::Alive => MemberState::Alive,
-                foca::State::Suspect => MemberState::Suspect,
-                foca::State::Down => MemberState::Down,
-            };
-            let leaving = || store.leaving.get(&id.node) == Some(&(id.incarnation, id.renewal));
-            let Some(t) = self.tracked.get_mut(&id.node) else {
-                let state = if leaving() {
-                    MemberState::Left
-                } else {
-                    foca_state
-                };
-                let member = Member {
-                    id: id.node.clone(),
-                    incarnation: id.incarnation,
-                    state,
-                    meta: store.metas.get(&id.node).map(|r| r.meta.clone()),
-                    addrs: id.addrs.clone(),
-                    last_heard: Millis(0),
-                    state_since: now,
-                };
-                changes.push((id.node.clone(), None, state, true));
-                let tracked = Tracked {
-                    member,
-                    renewal: id.renewal,
-                    foca_state,
-                    foca_incarnation: fm.incarnation(),
-                    seen: scan,
-                };
-                self.tracked.insert(id.node.clone(), tracked);
-                continue;
-            };
-            t.seen = scan;
-            let new_life = t.member.incarnation != id.incarnation || t.renewal != id.renewal;
-            if !new_life && t.foca_state == foca_state && t.foca_incarnation == fm.incarnation() {
-                continue; // nothing foca knows about it changed
-            }
-            t.foca_state = foca_state;
-            t.foca_incarnation = fm.incarnation();
-            let m = &mut t.member;
-            // Equal counters with other addresses are a new life too (see `win_addr_conflict`).
-            let addrs_changed = m.addrs != id.addrs;
-            let new_life = new_life || addrs_changed;
-            if new_life {
-                m.incarnation = id.incarnation;
-                t.renewal = id.renewal;
-                m.addrs.clone_from(&id.addrs);
-            }
-            let old = m.state;
-            let new = match (old, foca_state) {
-                // A life that said it leaves stays left whatever foca still believes.
-                (MemberState::Left, _) if !new_life => MemberState::Left,
-                (_, s) if leaving() && (s.is_active() || s == MemberState::Down) => {
-                    MemberState::Left
-                }
-                (_, s) => s,
-            };
-            if new != old {
-                m.state = new;
-                m.state_since = now;
-            }
-            if new != old || (new_life && new.is_active()) {
-                // A new life counts as a fresh arrival even when both lives look alive.
-                let from = if new_life && new.is_active() {
-                    None
-                } else {
-                    Some(old)
-                };
-                changes.push((id.node.clone(), from, new, addrs_changed));
-            }
-        }
-        drop(store);
-        // Tombstones foca forgot (after `remove_down_after_ms`) go here too.
-        if self.tracked.len() > self.foca.iter_membership_state().len() + 1 {
-            let me = &self.me;
-            let forgotten: Vec<NodeId> = self
-                .tracked
-                .iter()
-                .filter(|(node, t)| t.seen != scan && *node != me)
-                .map(|(node, _)| node.clone())
-                .collect();
-            let mut store = self.store.lock();
-            for node in forgotten {
-                self.tracked.remove(&node);
-                self.pulled.remove(&node);
-                store.metas.remove(&node);
-                store.leaving.remove(&node);
-            }
-        }
-        changes.sort();
-        for (node, from, to, addrs_changed) in changes {
-            if addrs_changed && to.is_active() {
-                let addrs = self.tracked[&node].member.addrs.clone();
-                out.push(MemberOutput::Addresses {
-                    node: node.clone(),
-                    addrs,
-                });
-            }
-            for event in transition(&node, from, to) {
-                out.push(MemberOutput::Event(event));
-            }
-        }
-    }
-
-    /// Applies metadata and leaving notices that arrived through broadcasts or pulls.
-    fn sync_store(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
-        let mut store = self.store.lock();
-        let mut left = std::mem::take(&mut store.left);
-        let mut changed = std::mem::take(&mut store.meta_changed);
-        left.sort();
-        left.dedup();
-        changed.sort();
-        changed.dedup();
-        for node in left {
-            let (Some(t), Some(life)) = (self.tracked.get_mut(&node), store.leaving.get(&node))
-            else {
-                continue;
-            };
-            if node != self.me
-                && (t.member.incarnation, t.renewal) == *life
-                && t.member.state != MemberState::Left
-            {
-                t.member.state = MemberState::Left;
-                t.member.state_since = now;
-                out.push(MemberOutput::Event(MemberEvent::Left(node)));
-            }
-        }
-        for node in changed {
-            let (Some(t), Some(record)) = (self.tracked.get_mut(&node), store.metas.get(&node))
-            else {
-                continue;
-            };
-            if node != self.me && t.member.meta.as_ref() != Some(&record.meta) {
-                t.member.meta = Some(record.meta.clone());
-                out.push(MemberOutput::Event(MemberEvent::MetaChanged(node)));
-            }
-        }
-    }
 }
 
-/// The events a state change produces, in order. `from` is `None` for a member (or a life of
-/// it) seen for the first time.
-fn transition(node: &NodeId, from: Option<MemberState>, to: MemberState) -> Vec<MemberEvent> {
-    use MemberState::*;
-    let n = || node.clone();
-    let Some(from) = from else {
-        return match to {
-            Alive => vec![MemberEvent::Up(n())],
-            Suspect => vec![MemberEvent::Up(n()), MemberEvent::Suspect(n())],
-            Down | Left => vec![],
-        };
-    };
-    match (from, to) {
-        (Alive, Alive) | (Suspect, Suspect) | (Down, Down) | (Left, Left) => vec![],
-        (Suspect, Alive) | (Down | Left, Alive) => vec![MemberEvent::Up(n())],
-        (Alive, Suspect) => vec![MemberEvent::Suspect(n())],
-        (Down | Left, Suspect) => vec![MemberEvent::Up(n()), MemberEvent::Suspect(n())],
-        (Alive | Suspect, Down) => vec![MemberEvent::Down(n())],
-        (Left, Down) => vec![],
-        (Alive | Suspect | Down, Left) => vec![MemberEvent::Left(n())],
-    }
+/// Whether a foca packet (as foca produced it) is a `TurnUndead`. Decodes only the header.
+fn is_turn_undead(packet: &[u8]) -> bool {
+    Codec::<MemberId>::decode_header(&mut PostcardCodec, packet)
+        .is_ok_and(|h| h.message == foca::Message::TurnUndead)
 }
 
 fn ceil_millis(d: Duration) -> u64 {

@@ -59,8 +59,9 @@ pub struct SwimTuning {
     pub gossip_period_ms: u64,
     /// Members each gossip round is sent to.
     pub gossip_fanout: usize,
-    /// Milliseconds between announces to one random member, to discover members missed while
-    /// joining or after a partition heals. 0 disables.
+    /// Milliseconds between announces to one random member, a slow repair for members missed
+    /// anyway (joins are completed by snapshots). Each answer is a feed of up to
+    /// `max_packet_size` bytes, so this is most of the idle traffic if set low. 0 disables.
     pub announce_period_ms: u64,
     /// Milliseconds between announces to members believed down, so that the two sides of a
     /// healed partition find each other again. 0 disables.
@@ -107,7 +108,7 @@ impl Profile {
                 max_packet_size: 16 * 1024,
                 gossip_period_ms: 100,
                 gossip_fanout: 4,
-                announce_period_ms: 30_000,
+                announce_period_ms: 120_000,
                 announce_down_period_ms: 65_000,
                 remove_down_after_ms: 3_600_000,
                 meta_min_interval_ms: 1_000,
@@ -123,7 +124,7 @@ impl Profile {
                 max_packet_size: 16 * 1024,
                 gossip_period_ms: 400,
                 gossip_fanout: 4,
-                announce_period_ms: 60_000,
+                announce_period_ms: 300_000,
                 announce_down_period_ms: 125_000,
                 remove_down_after_ms: 3_600_000,
                 meta_min_interval_ms: 1_000,

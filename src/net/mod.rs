@@ -13,6 +13,7 @@
 mod codec;
 mod key;
 mod swarm;
+mod transport;
 
 #[cfg(test)]
 mod tests;
@@ -126,9 +127,10 @@ pub enum NetEvent {
 /// Counters; `NetHandle::stats` reads them without touching the swarm task.
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 pub struct NetStats {
-    /// Frame bytes read (prefix included) on swim and sync streams, plus gossip payload bytes.
+    /// Bytes received over TCP: every protocol, with pnet, Noise, Yamux and stream
+    /// negotiation overhead (what the network carries, TCP/IP headers aside).
     pub bytes_in: u64,
-    /// Frame bytes written (prefix included), plus gossip payload bytes published.
+    /// Bytes sent over TCP, counted the same way.
     pub bytes_out: u64,
     /// Frames refused: oversized, truncated or undecodable, either way.
     pub frames_rejected: u64,

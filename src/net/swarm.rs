@@ -1,8 +1,8 @@
-//! The swarm task: builds the transport (TCP → pnet + key check → Noise → Yamux), composes the
-//! behaviours, and runs the loop that turns handle commands into swarm calls and swarm events
-//! into `NetEvent`s, applying fault injection on the way.
+//! The swarm task: the loop that turns handle commands into swarm calls and swarm events into
+//! `NetEvent`s, applying fault injection on the way, plus the address book and the handshake
+//! failure reporting.
 //!
-//! Owns every libp2p object; nothing else in the crate touches libp2p types except `key.rs`.
+//! Owns the swarm; the transport stack and behaviours are built in `transport.rs`.
 
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::sync::atomic::Ordering::Relaxed;
@@ -11,184 +11,31 @@ use std::time::Duration;
 
 use futures::future::BoxFuture;
 use futures::stream::FuturesUnordered;
-use futures::{AsyncReadExt, AsyncWriteExt, FutureExt, StreamExt};
-use libp2p::core::transport::upgrade::Version;
-use libp2p::core::{ConnectedPoint, Transport};
+use futures::{FutureExt, StreamExt};
+use libp2p::core::ConnectedPoint;
 use libp2p::multiaddr::Protocol;
-use libp2p::pnet::{PnetConfig, PnetOutput, PreSharedKey};
-use libp2p::request_response::{self, OutboundFailure, OutboundRequestId, ProtocolSupport};
-use libp2p::swarm::{DialError, NetworkBehaviour, SwarmEvent};
-use libp2p::{
-    Multiaddr, PeerId, StreamProtocol, Swarm, SwarmBuilder, allow_block_list, gossipsub, identify,
-    noise, ping, tcp, yamux,
-};
+use libp2p::request_response::{self, OutboundFailure, OutboundRequestId};
+use libp2p::swarm::{DialError, SwarmEvent};
+use libp2p::{Multiaddr, PeerId, Swarm, gossipsub, identify};
 use rand::RngExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::Instant;
+use tracing::Instrument;
 
-use super::codec::FrameCodec;
+use super::transport::{Behaviour, BehaviourEvent, MISMATCH, SYNC_REQUEST_TIMEOUT, build_swarm};
 use super::{
     Command, Counters, FaultConfig, MAX_PENDING_DATAGRAMS, NetConfig, NetError, NetEvent,
     NetHandle, QUEUE_CAPACITY, Shared,
 };
 use crate::ids::NodeId;
 
-pub(crate) const SWIM_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/swim/1");
-pub(crate) const SYNC_PROTOCOL: StreamProtocol = StreamProtocol::new("/shoal/sync/1");
-const IDENTIFY_PROTOCOL: &str = "/shoal/id/1";
-
-/// The text every handshake failure carries (in logs, in `HandshakeFailed`).
-pub(crate) const MISMATCH: &str = "cluster key mismatch or not a shoal node";
-
-/// Sent (encrypted) by both sides right after the pnet nonces: a peer with another key reads
-/// garbage and fails at once instead of stalling in multistream-select on garbled bytes.
-const KEY_CHECK: &[u8; 8] = b"shoal/1\n";
-/// The pnet exchange and key check must finish within this.
-const HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(5);
-/// A whole connection setup (TCP, handshake, Noise, Yamux) must finish within this.
-const CONNECTION_TIMEOUT: Duration = Duration::from_secs(10);
-/// A connection no protocol uses is closed after this (SWIM reopens one when it probes).
-const IDLE_TIMEOUT: Duration = Duration::from_secs(20);
-const SWIM_REQUEST_TIMEOUT: Duration = Duration::from_secs(5);
-const SYNC_REQUEST_TIMEOUT: Duration = Duration::from_secs(30);
 /// Handshake failures are logged at most once per remote address per this period.
 const WARN_EVERY: Duration = Duration::from_secs(60);
-/// Gossipsub's RPC framing around a message (signature, key, topic, sequence number).
-const GOSSIP_OVERHEAD_BYTES: usize = 1024;
 /// Address book bounds.
 const MAX_BOOK_PEERS: usize = 16 * 1024;
 const MAX_BOOK_ADDRS: usize = 8;
 /// Messages held back by the injected delay, at most.
 const MAX_DELAYED: usize = 16 * 1024;
-
-#[derive(NetworkBehaviour)]
-struct Behaviour {
-    blocked: allow_block_list::Behaviour<allow_block_list::BlockedPeers>,
-    swim: request_response::Behaviour<FrameCodec>,
-    sync: request_response::Behaviour<FrameCodec>,
-    gossip: gossipsub::Behaviour,
-    identify: identify::Behaviour,
-    ping: ping::Behaviour,
-}
-
-/// Why a connection failed before Noise: its `Display` starts with [`MISMATCH`], which is how
-/// the swarm loop recognises it through the transport's error wrappers.
-#[derive(Debug, thiserror::Error)]
-#[error("{MISMATCH} ({stage}: {detail})")]
-struct HandshakeRefused {
-    stage: &'static str,
-    detail: String,
-}
-
-fn refused(stage: &'static str, detail: impl ToString) -> HandshakeRefused {
-    HandshakeRefused {
-        stage,
-        detail: detail.to_string(),
-    }
-}
-
-/// pnet, then the key check, within `HANDSHAKE_TIMEOUT`.
-async fn private_handshake<S>(
-    psk: PreSharedKey,
-    socket: S,
-) -> Result<PnetOutput<S>, HandshakeRefused>
-where
-    S: futures::AsyncRead + futures::AsyncWrite + Send + Unpin + 'static,
-{
-    let exchange = async move {
-        let mut s = PnetConfig::new(psk)
-            .handshake(socket)
-            .await
-            .map_err(|e| refused("pnet", e))?;
-        s.write_all(KEY_CHECK)
-            .await
-            .map_err(|e| refused("key check", e))?;
-        s.flush().await.map_err(|e| refused("key check", e))?;
-        let mut got = [0u8; KEY_CHECK.len()];
-        s.read_exact(&mut got)
-            .await
-            .map_err(|e| refused("key check", e))?;
-        if &got != KEY_CHECK {
-            return Err(refused(
-                "key check",
-                "the peer's bytes do not decrypt with our key",
-            ));
-        }
-        Ok(s)
-    };
-    tokio::time::timeout(HANDSHAKE_TIMEOUT, exchange)
-        .await
-        .map_err(|_| refused("key check", "no answer in time"))?
-}
-
-type SetupError = Box<dyn std::error::Error + Send + Sync>;
-
-fn build_swarm(cfg: &NetConfig, counters: &Arc<Counters>) -> Result<Swarm<Behaviour>, NetError> {
-    let setup = |e: &dyn std::fmt::Display| NetError::Setup(e.to_string());
-    let psk = cfg.key.psk();
-    let swim_codec = FrameCodec {
-        max_request: cfg.max_swim_bytes,
-        max_response: 0, // the answer to a datagram is empty
-        counters: counters.clone(),
-    };
-    let sync_codec = FrameCodec {
-        max_request: cfg.max_sync_bytes,
-        max_response: cfg.max_sync_bytes,
-        counters: counters.clone(),
-    };
-    let gossip_config = gossipsub::ConfigBuilder::default()
-        .max_transmit_size(cfg.gossip_max_bytes + GOSSIP_OVERHEAD_BYTES)
-        .validation_mode(gossipsub::ValidationMode::Strict)
-        .build()
-        .map_err(|e| setup(&e))?;
-    let swarm = SwarmBuilder::with_existing_identity(cfg.identity.clone())
-        .with_tokio()
-        .with_other_transport(|key| {
-            let transport = tcp::tokio::Transport::new(tcp::Config::default().nodelay(true))
-                .and_then(move |socket, _| private_handshake(psk, socket))
-                .upgrade(Version::V1Lazy)
-                .authenticate(noise::Config::new(key)?)
-                .multiplex(yamux::Config::default());
-            Ok::<_, SetupError>(transport)
-        })
-        .map_err(|e| setup(&e))?
-        .with_dns()
-        .map_err(|e| setup(&e))?
-        .with_behaviour(|key| {
-            let rr = |timeout| {
-                request_response::Config::default()
-                    .with_request_timeout(timeout)
-                    .with_max_concurrent_streams(MAX_PENDING_DATAGRAMS * 2)
-            };
-            Ok::<_, SetupError>(Behaviour {
-                blocked: allow_block_list::Behaviour::default(),
-                swim: request_response::Behaviour::with_codec(
-                    swim_codec,
-                    [(SWIM_PROTOCOL, ProtocolSupport::Full)],
-                    rr(SWIM_REQUEST_TIMEOUT),
-                ),
-                sync: request_response::Behaviour::with_codec(
-                    sync_codec,
-                    [(SYNC_PROTOCOL, ProtocolSupport::Full)],
-                    rr(SYNC_REQUEST_TIMEOUT),
-                ),
-                gossip: gossipsub::Behaviour::new(
-                    gossipsub::MessageAuthenticity::Signed(key.clone()),
-                    gossip_config,
-                )?,
-                identify: identify::Behaviour::new(identify::Config::new(
-                    IDENTIFY_PROTOCOL.to_string(),
-                    key.public(),
-                )),
-                ping: ping::Behaviour::new(ping::Config::new()),
-            })
-        })
-        .map_err(|e| setup(&e))?
-        .with_swarm_config(|c| c.with_idle_connection_timeout(IDLE_TIMEOUT))
-        .with_connection_timeout(CONNECTION_TIMEOUT)
-        .build();
-    Ok(swarm)
-}
 
 pub(super) fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEvent>), NetError> {
     let counters = Arc::new(Counters::default());
@@ -250,7 +97,7 @@ pub(super) fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
             worker.run().await;
             let _ = done_tx.send(true);
         }
-        .instrument_in(span),
+        .instrument(span),
     );
     let handle = NetHandle {
         commands: cmd_tx,
@@ -259,17 +106,6 @@ pub(super) fn spawn(cfg: NetConfig) -> Result<(NetHandle, mpsc::Receiver<NetEven
         done: done_rx,
     };
     Ok((handle, event_rx))
-}
-
-/// `tracing::Instrument` under a name that does not clash with futures' extension traits.
-trait InstrumentIn: Sized {
-    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self>;
-}
-
-impl<F: std::future::Future> InstrumentIn for F {
-    fn instrument_in(self, span: tracing::Span) -> tracing::instrument::Instrumented<Self> {
-        tracing::Instrument::instrument(self, span)
-    }
 }
 
 /// Something the injected delay holds back.

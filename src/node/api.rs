@@ -239,6 +239,9 @@ pub struct Counters {
     pub claims_won: u64,
     pub frames_rejected: u64,
     pub clock_skew_stamps: u64,
+    /// Bytes this node's transport read and wrote (frames of SWIM and sync, gossip payloads).
+    pub net_bytes_in: u64,
+    pub net_bytes_out: u64,
 }
 
 impl ApiRequest {

@@ -293,6 +293,8 @@ pub struct Node<R: Rng> {
     next_sync: Millis,
     /// Sync exchanges in flight, by peer (one at a time per peer).
     syncing: BTreeMap<NodeId, Millis>,
+    /// Something changed since the last `drive` (placement and reconcile must look again).
+    dirty: bool,
 }
 
 impl<R: Rng> Node<R> {
@@ -342,6 +344,7 @@ impl<R: Rng> Node<R> {
             last_sync: BTreeMap::new(),
             next_sync: Millis(0),
             syncing: BTreeMap::new(),
+            dirty: true,
         })
     }
 
@@ -433,6 +436,9 @@ impl<R: Rng> Node<R> {
         if self.started_at.is_none() {
             self.started_at = Some(now);
         }
+        // Datagrams arrive many times a second; only those that change membership (and every
+        // other input) make the node re-examine placement and reconcile.
+        self.dirty |= !matches!(input, Input::Datagram { .. } | Input::Connected { .. });
         match input {
             Input::Tick => {}
             Input::Message { from, msg } => self.on_message(now, from, msg, out),
@@ -484,7 +490,10 @@ impl<R: Rng> Node<R> {
             }
             Input::SyncResponse { from, msg } => self.on_sync_response(now, from, msg, out),
         }
-        self.drive(now, out);
+        if self.dirty {
+            self.dirty = false;
+            self.drive(now, out);
+        }
     }
 
     /// Folds membership outputs in: datagrams and addresses go out, events update the view.
@@ -496,6 +505,7 @@ impl<R: Rng> Node<R> {
                     out.push(Output::Addresses { node, addrs })
                 }
                 MemberOutput::Event(ev) => {
+                    self.dirty = true;
                     let (MemberEvent::Up(id)
                     | MemberEvent::Suspect(id)
                     | MemberEvent::Down(id)
@@ -1205,12 +1215,25 @@ impl<R: Rng> Node<R> {
             facts: self.claimed_facts(&self.cfg.id, &me),
         }];
         for (id, p) in self.members.present() {
-            if let Some(m) = &p.meta {
-                candidates.push(placement::Candidate {
-                    node: id.clone(),
-                    facts: self.claimed_facts(id, m),
-                });
-            }
+            // A member whose metadata has not arrived yet is assumed to look like this node:
+            // leaving it out would make this node expect to win its slots, and nodes that have
+            // the metadata would plan differently. The plan only ranks; real eligibility is
+            // each node's own.
+            let assumed;
+            let m = match &p.meta {
+                Some(m) => m,
+                None => {
+                    assumed = PeerMeta {
+                        labels: BTreeMap::new(),
+                        ..me.clone()
+                    };
+                    &assumed
+                }
+            };
+            candidates.push(placement::Candidate {
+                node: id.clone(),
+                facts: self.claimed_facts(id, m),
+            });
         }
         let mut labels = placement::LabelCounts::new();
         for (slot, c) in &self.state.claims {

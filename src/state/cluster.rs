@@ -292,6 +292,38 @@ impl ClusterState {
         delta
     }
 
+    /// This state's current value of every entry `keys` touches (entries it no longer holds are
+    /// left out). Used to hand a consistent snapshot of changed entries to the store writer.
+    pub fn entries_for(&self, keys: &ClusterState) -> ClusterState {
+        let mut out = ClusterState::default();
+        for k in keys.services.keys() {
+            if let Some(v) = self.services.get(k) {
+                out.services.insert(k.clone(), v.clone());
+            }
+        }
+        for k in keys.claims.keys() {
+            if let Some(v) = self.claims.get(k) {
+                out.claims.insert(k.clone(), v.clone());
+            }
+        }
+        for k in keys.reports.keys() {
+            if let Some(v) = self.reports.get(k) {
+                out.reports.insert(k.clone(), v.clone());
+            }
+        }
+        for k in keys.graveyard.keys() {
+            if let Some(v) = self.graveyard.get(k) {
+                out.graveyard.insert(k.clone(), v.clone());
+            }
+        }
+        for k in keys.drains.keys() {
+            if let Some(v) = self.drains.get(k) {
+                out.drains.insert(k.clone(), v.clone());
+            }
+        }
+        out
+    }
+
     /// A digest of the whole state: equal on two nodes iff they hold the same state (up to hash
     /// collisions). Computed over the postcard encoding of ordered maps, which is deterministic.
     pub fn digest(&self) -> u64 {

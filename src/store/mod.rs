@@ -240,15 +240,35 @@ impl Store {
         state: &ClusterState,
         delta: &ClusterState,
     ) -> Result<(), StoreError> {
+        self.persist_with(state, delta, true)
+    }
+
+    /// Like `persist`; with `durable: false` the commit is not fsync'd (it becomes durable with
+    /// the next durable commit). For state learned from peers, which they can send again.
+    pub fn persist_with(
+        &mut self,
+        state: &ClusterState,
+        delta: &ClusterState,
+        durable: bool,
+    ) -> Result<(), StoreError> {
         let full = self.needs_full_write;
         let scope = if full { state } else { delta };
-        let result = self.write(state, scope);
+        let result = self.write(state, scope, durable);
         self.needs_full_write = result.is_err();
         result
     }
 
-    fn write(&self, state: &ClusterState, scope: &ClusterState) -> Result<(), StoreError> {
-        let tx = self.db.begin_write().map_err(|e| self.write_err(e))?;
+    fn write(
+        &self,
+        state: &ClusterState,
+        scope: &ClusterState,
+        durable: bool,
+    ) -> Result<(), StoreError> {
+        let mut tx = self.db.begin_write().map_err(|e| self.write_err(e))?;
+        if !durable {
+            tx.set_durability(redb::Durability::None)
+                .map_err(|e| self.write_err(e))?;
+        }
         {
             let mut t = tx.open_table(SERVICES).map_err(|e| self.write_err(e))?;
             for name in scope.services.keys() {

@@ -161,9 +161,33 @@ impl Agent {
     }
 }
 
+impl Agent {
+    /// Pids of the instances this agent's process driver recorded.
+    pub fn instance_pids(&self) -> Vec<u32> {
+        let mut pids = Vec::new();
+        let Ok(dir) = std::fs::read_dir(self.dir.join("instances")) else {
+            return pids;
+        };
+        for e in dir.flatten() {
+            let Ok(text) = std::fs::read_to_string(e.path()) else {
+                continue;
+            };
+            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
+                continue;
+            };
+            if let Some(pid) = v["pid"].as_u64() {
+                pids.push(pid as u32);
+            }
+        }
+        pids
+    }
+}
+
 impl Drop for Agent {
     fn drop(&mut self) {
         self.kill9();
+        // Instances outlive their agent by design; a test must not leave them behind.
+        kill_all(&self.instance_pids());
     }
 }
 
@@ -221,4 +245,213 @@ pub fn kill_all(pids: &[u32]) {
     for p in pids {
         unsafe { libc::kill(*p as i32, libc::SIGKILL) };
     }
+}
+
+/// A fleet of agents on 127.0.0.1 joined through the first one.
+pub struct Fleet {
+    pub root: tempfile::TempDir,
+    pub agents: Vec<Agent>,
+    pub key: PathBuf,
+}
+
+impl Fleet {
+    /// Starts `n` agents; the first creates the cluster key, the others join through it.
+    pub fn start(n: usize, extra: &[&str]) -> Fleet {
+        let root = tempfile::tempdir().unwrap();
+        let key = root.path().join("cluster.key");
+        let out = Command::new(shoal_bin())
+            .args(["keygen", "--out"])
+            .arg(&key)
+            .output()
+            .unwrap();
+        assert!(
+            out.status.success(),
+            "keygen: {}",
+            String::from_utf8_lossy(&out.stderr)
+        );
+        let mut fleet = Fleet {
+            root,
+            agents: Vec::new(),
+            key,
+        };
+        for _ in 0..n {
+            fleet.add(extra);
+        }
+        fleet.wait_members(n);
+        fleet
+    }
+
+    /// Adds and starts one more agent joined through the first.
+    pub fn add(&mut self, extra: &[&str]) -> usize {
+        let i = self.agents.len();
+        let mut args: Vec<String> = vec![
+            "--runtime".into(),
+            "process".into(),
+            "--cluster-key".into(),
+            self.key.display().to_string(),
+        ];
+        if let Some(seed) = self.agents.first() {
+            args.push("--seed".into());
+            args.push(seed.multiaddr());
+        }
+        args.extend(extra.iter().map(|s| s.to_string()));
+        let refs: Vec<&str> = args.iter().map(String::as_str).collect();
+        let mut a = Agent::new(self.root.path(), &format!("n{i}"), &refs);
+        a.start();
+        self.agents.push(a);
+        i
+    }
+
+    pub fn running(&self) -> Vec<usize> {
+        (0..self.agents.len())
+            .filter(|i| self.agents[*i].child.is_some())
+            .collect()
+    }
+
+    pub fn id(&self, i: usize) -> String {
+        self.agents[i].json(&["status"])["node"]
+            .as_str()
+            .unwrap()
+            .to_string()
+    }
+
+    /// Waits until every running agent lists `n` alive members.
+    pub fn wait_members(&self, n: usize) {
+        wait_for(
+            &format!("{n} alive members everywhere"),
+            Duration::from_secs(60),
+            || {
+                self.running()
+                    .iter()
+                    .all(|i| {
+                        let nodes = self.agents[*i].json(&["nodes"]);
+                        nodes
+                            .as_array()
+                            .unwrap()
+                            .iter()
+                            .filter(|x| x["state"] == "alive")
+                            .count()
+                            == n
+                    })
+                    .then_some(())
+            },
+        );
+    }
+
+    /// The state of node `id` as agent `i` sees it.
+    pub fn state_of(&self, i: usize, id: &str) -> Option<(String, u64)> {
+        let nodes = self.agents[i].json(&["nodes"]);
+        nodes
+            .as_array()
+            .unwrap()
+            .iter()
+            .find(|x| x["id"] == id)
+            .map(|x| {
+                (
+                    x["state"].as_str().unwrap().to_string(),
+                    x["incarnation"].as_u64().unwrap(),
+                )
+            })
+    }
+
+    /// Waits until every running agent reports the same state digest; returns it.
+    pub fn wait_same_digest(&self) -> String {
+        wait_for(
+            "identical digests on every live node",
+            Duration::from_secs(60),
+            || {
+                let digests: Vec<String> = self
+                    .running()
+                    .iter()
+                    .map(|i| {
+                        self.agents[*i].json(&["status"])["digest"]
+                            .as_str()
+                            .unwrap()
+                            .to_string()
+                    })
+                    .collect();
+                digests
+                    .windows(2)
+                    .all(|w| w[0] == w[1])
+                    .then(|| digests[0].clone())
+            },
+        )
+    }
+
+    /// `ps` rows of a service as agent `i` sees them.
+    pub fn ps(&self, i: usize, service: &str) -> Vec<serde_json::Value> {
+        self.agents[i]
+            .json(&["ps", service])
+            .as_array()
+            .unwrap()
+            .clone()
+    }
+}
+
+/// Live instance processes of `service` (read from the process table: the truth, whatever the
+/// agents say), as (slot, epoch, pid).
+pub fn instance_processes(service: &str) -> Vec<(u32, u64, u32)> {
+    let mut found = Vec::new();
+    let Ok(dir) = std::fs::read_dir("/proc") else {
+        return found;
+    };
+    for e in dir.flatten() {
+        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
+            continue;
+        };
+        if !alive(pid) {
+            continue;
+        }
+        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
+            continue;
+        };
+        let mut svc = None;
+        let mut slot = None;
+        let mut epoch = None;
+        for kv in env.split(|b| *b == 0) {
+            let kv = String::from_utf8_lossy(kv);
+            if let Some(v) = kv.strip_prefix("SHOAL_SERVICE=") {
+                svc = Some(v.to_string());
+            } else if let Some(v) = kv.strip_prefix("SHOAL_SLOT=") {
+                slot = v.parse().ok();
+            } else if let Some(v) = kv.strip_prefix("SHOAL_EPOCH=") {
+                epoch = v.parse().ok();
+            }
+        }
+        if svc.as_deref() == Some(service)
+            && let (Some(s), Some(ep)) = (slot, epoch)
+        {
+            found.push((s, ep, pid));
+        }
+    }
+    found.sort();
+    found
+}
+
+/// A unique service name for a test (so leftovers of other runs never count).
+pub fn unique(prefix: &str) -> String {
+    format!("{prefix}-{}", std::process::id())
+}
+
+/// Writes a spec file and returns its path.
+pub fn spec_file(dir: &Path, name: &str, body: &str) -> String {
+    let p = dir.join(format!("{name}.yaml"));
+    std::fs::write(&p, body).unwrap();
+    p.display().to_string()
+}
+
+/// A plain HTTP/1.1 POST with a bearer token to 127.0.0.1; returns the whole response.
+pub fn http_post(api: &str, path: &str, token: &str, body: &str) -> String {
+    use std::io::{Read, Write};
+    let mut s = std::net::TcpStream::connect(api).unwrap();
+    s.set_read_timeout(Some(Duration::from_secs(10))).unwrap();
+    let req = format!(
+        "POST {path} HTTP/1.1\r\nHost: {api}\r\nAuthorization: Bearer {}\r\nContent-Type: application/json\r\nContent-Length: {}\r\nConnection: close\r\n\r\n{body}",
+        token.trim(),
+        body.len()
+    );
+    s.write_all(req.as_bytes()).unwrap();
+    let mut buf = String::new();
+    let _ = s.read_to_string(&mut buf);
+    buf
 }

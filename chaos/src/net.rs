@@ -325,20 +325,19 @@ pub fn sweep() -> Vec<String> {
     removed
 }
 
-/// Whether `pid` is a running shoal-chaos or its test binary (a recycled pid of another
-/// program does not count).
+/// Whether the run of `pid` may still be alive: the pid exists and is not a zombie. Its name
+/// is not checked (the harness binary may be renamed or copied); a recycled pid only delays a
+/// sweep, while sweeping a live run would wreck it.
 fn pid_alive_as_harness(pid: u32) -> bool {
     let Ok(stat) = std::fs::read_to_string(format!("/proc/{pid}/stat")) else {
         return false;
     };
-    // `pid (comm) S ...`: a zombie (Z) or dead (X) process is gone, whatever its name.
-    let (Some(open), Some(close)) = (stat.find('('), stat.rfind(')')) else {
+    // `pid (comm) S ...`: a zombie (Z) or dead (X) process is gone.
+    let Some(close) = stat.rfind(')') else {
         return false;
     };
-    let comm = &stat[open + 1..close];
     let state = stat[close + 1..].split_whitespace().next().unwrap_or("X");
-    (comm.starts_with("shoal-chaos") || comm.starts_with("shoal_chaos"))
-        && !matches!(state, "Z" | "X")
+    !matches!(state, "Z" | "X")
 }
 
 /// Moves the calling thread into the namespace. Used in `pre_exec` (async-signal-safe: one
@@ -455,8 +454,8 @@ mod tests {
         if !root_or_skip("sweep_removes_namespaces_of_dead_runs_only") {
             return;
         }
-        // pid 1 is never shoal-chaos, so this looks like a dead run's namespace.
-        let stale = format!("{PREFIX}1x77-n1");
+        // A pid above the kernel's limit never exists, so this looks like a dead run's.
+        let stale = format!("{PREFIX}99999999x77-n1");
         sh("ip", &["netns", "add", &stale]).expect("add");
         let net = TestNet::create(1, 9_001).expect("test net");
         sweep();

@@ -371,7 +371,7 @@ impl Fleet {
     pub fn wait_same_digest(&self) -> String {
         wait_for(
             "identical digests on every live node",
-            Duration::from_secs(60),
+            Duration::from_secs(90),
             || {
                 let digests: Vec<String> = self
                     .running()

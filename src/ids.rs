@@ -51,7 +51,10 @@ pub struct SlotId {
 
 impl SlotId {
     pub fn new(service: &ServiceName, index: u32) -> SlotId {
-        SlotId { service: service.clone(), index }
+        SlotId {
+            service: service.clone(),
+            index,
+        }
     }
 }
 
@@ -72,7 +75,10 @@ pub struct InstanceKey {
 impl InstanceKey {
     /// The runtime name: `shoal-<service>-<slot>-<epoch>`.
     pub fn name(&self) -> String {
-        format!("shoal-{}-{}-{}", self.slot.service, self.slot.index, self.epoch)
+        format!(
+            "shoal-{}-{}-{}",
+            self.slot.service, self.slot.index, self.epoch
+        )
     }
 }
 
@@ -91,7 +97,11 @@ pub struct RevisionId(pub String);
 impl RevisionId {
     /// The sequence number before the dot.
     pub fn seq(&self) -> u64 {
-        self.0.split('.').next().and_then(|s| s.parse().ok()).unwrap_or(0)
+        self.0
+            .split('.')
+            .next()
+            .and_then(|s| s.parse().ok())
+            .unwrap_or(0)
     }
 }
 

@@ -5,6 +5,11 @@
 //! adoption and reclaim decisions live in `reconcile/` (sans-IO); the agent shell turns
 //! `RuntimeCommand`s into calls on a driver and driver observations into `RuntimeEvent`s.
 
+pub mod conformance;
+pub mod docker;
+pub mod fake;
+pub mod process;
+
 use std::collections::BTreeMap;
 use std::future::Future;
 
@@ -100,9 +105,18 @@ pub enum ObservedStatus {
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeEvent {
     /// A `Start` command succeeded.
-    Started { key: InstanceKey, revision: RevisionId, handle: Handle, endpoint: Option<String> },
+    Started {
+        key: InstanceKey,
+        revision: RevisionId,
+        handle: Handle,
+        endpoint: Option<String>,
+    },
     /// A `Start` command failed. `retryable` says whether trying again can help.
-    StartFailed { key: InstanceKey, error: String, retryable: bool },
+    StartFailed {
+        key: InstanceKey,
+        error: String,
+        retryable: bool,
+    },
     /// Progress of a slow start (image pull): shown in `shoal ps`, e.g. `pulling 45%`.
     Progress { key: InstanceKey, status: String },
     /// An instance ended on its own (or was killed from outside).
@@ -112,18 +126,29 @@ pub enum RuntimeEvent {
     /// A `Stop` command failed.
     StopFailed { key: InstanceKey, error: String },
     /// The complete list of this node's instances on one driver (truth; repairs lost events).
-    Listed { driver: DriverKind, instances: Vec<Observed> },
+    Listed {
+        driver: DriverKind,
+        instances: Vec<Observed>,
+    },
 }
 
 /// What the core asks of the runtime, delivered through a bounded queue to a worker so that a
 /// slow driver never stalls the node loop.
+// Values of this enum are moved, not stored in bulk: boxing the large variant buys nothing.
+#[allow(clippy::large_enum_variant)]
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 pub enum RuntimeCommand {
     Start(InstanceSpec),
     /// Stop with the grace period (SIGTERM / docker stop), then kill, then remove.
-    Stop { key: InstanceKey, driver: DriverKind, grace_ms: u64 },
+    Stop {
+        key: InstanceKey,
+        driver: DriverKind,
+        grace_ms: u64,
+    },
     /// List every instance of this node on the driver (answered with `RuntimeEvent::Listed`).
-    List { driver: DriverKind },
+    List {
+        driver: DriverKind,
+    },
 }
 
 /// A driver failure. Each variant says whether retrying can help.

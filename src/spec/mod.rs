@@ -3,14 +3,97 @@
 //!
 //! This module owns parsing and validation only. It does not decide placement or talk to a
 //! runtime; the types here are plain data that travel in `ClusterState` (serde + postcard).
+//!
+//! Reading goes text → located tree (`tree.rs`) → validated [`ServiceSpec`] (`service.rs`, with
+//! field helpers in `fields.rs` and quantities in `quantity.rs`); every rejection is a
+//! [`SpecError`] (`error.rs`) naming the file, line, field and what to change. Nothing here
+//! panics on any input.
 
 use std::collections::BTreeMap;
 
 use serde::{Deserialize, Serialize};
 
+mod error;
+mod fields;
+mod quantity;
+mod service;
+mod tree;
+
+#[cfg(test)]
+mod tests;
+
+pub use error::{Format, NameKind, Place, QuantityKind, SpecError};
+pub use quantity::{parse_cpu, parse_duration_ms, parse_memory};
+pub use service::{DEFAULT_CPU_MILLIS, DEFAULT_MEMORY_BYTES, DEFAULT_STOP_GRACE_MS, MAX_REPLICAS};
+
+/// Parses a spec file's text, YAML or JSON, holding one service (a mapping) or a list of
+/// services; several YAML documents (`---`) are read as one list. `file` is used in messages.
+pub fn parse(file: &str, text: &str) -> Result<Vec<ServiceSpec>, SpecError> {
+    // Editors hide a byte-order mark; serde_json rejects one.
+    let text = text.strip_prefix('\u{feff}').unwrap_or(text);
+    let docs = tree::load(file, text)?;
+    service::services(&fields::Source { file, text }, &docs)
+}
+
+/// [`parse`] for bytes; bytes that are not UTF-8 are an error naming the line of the first bad byte.
+pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<ServiceSpec>, SpecError> {
+    match std::str::from_utf8(bytes) {
+        Ok(text) => parse(file, text),
+        Err(e) => {
+            let good = &bytes[..e.valid_up_to()];
+            let line_start = good.iter().rposition(|b| *b == b'\n').map_or(0, |i| i + 1);
+            let line = good.iter().filter(|b| **b == b'\n').count() + 1;
+            // `good` is valid UTF-8 by construction, so this never falls back.
+            let column =
+                std::str::from_utf8(&good[line_start..]).map_or(0, |s| s.chars().count()) + 1;
+            Err(SpecError::NotUtf8 {
+                at: Place::at(file, line, column, ""),
+                byte: e.valid_up_to(),
+            })
+        }
+    }
+}
+
 /// A service name: a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`), validated on parse.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
 pub struct ServiceName(pub String);
+
+impl ServiceName {
+    /// Longest name allowed: a DNS label.
+    pub const MAX_LEN: usize = 63;
+
+    /// Checks `s` is a DNS label: 1 to 63 characters of `a-z`, `0-9` and `-`, not starting or
+    /// ending with `-`. The error is a lowercase reason that says what to change.
+    pub fn new(s: &str) -> Result<ServiceName, String> {
+        const RULE: &str =
+            "use 1 to 63 lowercase letters, digits and '-', not starting or ending with '-'";
+        if s.is_empty() {
+            return Err(format!("empty, {RULE}"));
+        }
+        if let Some(c) = s
+            .chars()
+            .find(|c| !(c.is_ascii_lowercase() || c.is_ascii_digit() || *c == '-'))
+        {
+            let hint = if c.is_uppercase() {
+                format!(" (try {:?})", s.to_lowercase())
+            } else {
+                String::new()
+            };
+            return Err(format!("contains {c:?}{hint}, {RULE}"));
+        }
+        if s.len() > Self::MAX_LEN {
+            return Err(format!("{} characters long, {RULE}", s.len()));
+        }
+        if s.starts_with('-') || s.ends_with('-') {
+            return Err(format!("starts or ends with '-', {RULE}"));
+        }
+        Ok(ServiceName(s.to_owned()))
+    }
+
+    pub fn as_str(&self) -> &str {
+        &self.0
+    }
+}
 
 impl std::fmt::Display for ServiceName {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
@@ -19,7 +102,9 @@ impl std::fmt::Display for ServiceName {
 }
 
 /// CPU and memory, in integers (floats differ across machines).
-#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+#[derive(
+    Clone, Copy, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize,
+)]
 pub struct Resources {
     /// Thousandths of a CPU core (`0.5` and `500m` both read as 500).
     pub cpu_millis: u64,
@@ -31,7 +116,10 @@ pub struct Resources {
 #[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub enum Workload {
     /// Runs on the docker driver; `command` overrides the image's entrypoint arguments.
-    Image { image: String, command: Option<Vec<String>> },
+    Image {
+        image: String,
+        command: Option<Vec<String>>,
+    },
     /// Runs on the process driver: argv, `command[0]` is looked up in `PATH`.
     Command { command: Vec<String> },
 }
@@ -90,6 +178,58 @@ impl Constraint {
     }
 }
 
+impl std::str::FromStr for Constraint {
+    type Err = String;
+
+    /// Reads `label == value` or `label != value` (spaces around the operator optional). The
+    /// error is a lowercase reason that says what to change.
+    fn from_str(s: &str) -> Result<Constraint, String> {
+        const FORM: &str = "write \"label == value\" or \"label != value\"";
+        let found = [("==", ConstraintOp::Eq), ("!=", ConstraintOp::Ne)]
+            .into_iter()
+            .filter_map(|(token, op)| s.find(token).map(|i| (i, op)))
+            .min_by_key(|(i, _)| *i);
+        let Some((i, op)) = found else {
+            return Err(format!("no operator, {FORM}"));
+        };
+        let (label, value) = (s[..i].trim(), s[i + 2..].trim());
+        check_label(label).map_err(|reason| format!("label {label:?}: {reason}"))?;
+        if value.is_empty() {
+            return Err(format!("no value after the operator, {FORM}"));
+        }
+        if let Some(c) = value
+            .chars()
+            .find(|c| c.is_whitespace() || matches!(c, '=' | '!'))
+        {
+            return Err(format!("value {value:?} contains {c:?}, {FORM}"));
+        }
+        Ok(Constraint {
+            label: label.to_owned(),
+            op,
+            value: value.to_owned(),
+        })
+    }
+}
+
+/// A node label name: 1 to 253 characters of letters, digits, `.`, `_`, `/` and `-`
+/// (Kubernetes-style names like `topology.kubernetes.io/zone` fit).
+pub(crate) fn check_label(label: &str) -> Result<(), String> {
+    const RULE: &str = "use 1 to 253 letters, digits, '.', '_', '/' and '-'";
+    if label.is_empty() {
+        return Err(format!("empty, {RULE}"));
+    }
+    if let Some(c) = label
+        .chars()
+        .find(|c| !(c.is_ascii_alphanumeric() || matches!(c, '.' | '_' | '/' | '-')))
+    {
+        return Err(format!("contains {c:?}, {RULE}"));
+    }
+    if label.len() > 253 {
+        return Err(format!("{} characters long, {RULE}", label.len()));
+    }
+    Ok(())
+}
+
 impl std::fmt::Display for Constraint {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         let op = match self.op {
@@ -128,7 +268,11 @@ pub struct RestartPolicy {
 
 impl Default for RestartPolicy {
     fn default() -> Self {
-        RestartPolicy { mode: RestartMode::Always, max_restarts: 5, window_ms: 60_000 }
+        RestartPolicy {
+            mode: RestartMode::Always,
+            max_restarts: 5,
+            window_ms: 60_000,
+        }
     }
 }
 

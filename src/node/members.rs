@@ -1,0 +1,144 @@
+//! The node core's view of the fleet: which peers are alive and what they advertise.
+//!
+//! Fed by membership events (SWIM through foca, in `membership/`); read by placement (who can
+//! bid, who is down, what capacity others advertise) and by `shoal nodes`. Sans-IO.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Millis, NodeId};
+use crate::spec::{DriverKind, Resources};
+
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub enum PeerState {
+    Alive,
+    Suspect,
+    Down,
+    Left,
+}
+
+impl PeerState {
+    pub fn as_str(self) -> &'static str {
+        match self {
+            PeerState::Alive => "alive",
+            PeerState::Suspect => "suspect",
+            PeerState::Down => "down",
+            PeerState::Left => "left",
+        }
+    }
+
+    /// Whether the peer counts as present for placement (a suspect still owns its slots).
+    pub fn present(self) -> bool {
+        matches!(self, PeerState::Alive | PeerState::Suspect)
+    }
+}
+
+/// What a node advertises about itself (gossiped with membership, versioned).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+pub struct PeerMeta {
+    pub version: u64,
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    pub allocated: Resources,
+    pub runtimes: BTreeSet<DriverKind>,
+    pub draining: bool,
+    pub agent_version: String,
+    pub addrs: Vec<String>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Peer {
+    pub state: PeerState,
+    pub incarnation: u64,
+    pub meta: Option<PeerMeta>,
+    pub since: Millis,
+    pub last_heard: Millis,
+}
+
+/// A change reported by membership.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PeerUpdate {
+    pub node: NodeId,
+    pub state: PeerState,
+    pub incarnation: u64,
+    pub meta: Option<PeerMeta>,
+}
+
+/// Every peer this node has heard of (itself excluded).
+#[derive(Clone, Debug, Default)]
+pub struct Members {
+    pub peers: BTreeMap<NodeId, Peer>,
+    /// The largest number of present members (self included) seen recently: the reference for
+    /// "strict majority" of `partition: majority` services.
+    pub stable_size: usize,
+}
+
+impl Members {
+    /// Applies an update; returns true if the state or metadata changed.
+    pub fn apply(&mut self, now: Millis, u: PeerUpdate) -> bool {
+        match self.peers.get_mut(&u.node) {
+            Some(p) => {
+                if u.incarnation < p.incarnation {
+                    return false;
+                }
+                let changed = p.state != u.state
+                    || (u.meta.is_some() && u.meta != p.meta)
+                    || p.incarnation != u.incarnation;
+                if p.state != u.state {
+                    p.since = now;
+                }
+                p.state = u.state;
+                p.incarnation = u.incarnation;
+                if u.meta.is_some() {
+                    p.meta = u.meta;
+                }
+                p.last_heard = now;
+                changed
+            }
+            None => {
+                self.peers.insert(
+                    u.node,
+                    Peer {
+                        state: u.state,
+                        incarnation: u.incarnation,
+                        meta: u.meta,
+                        since: now,
+                        last_heard: now,
+                    },
+                );
+                true
+            }
+        }
+    }
+
+    pub fn state(&self, node: &NodeId) -> Option<PeerState> {
+        self.peers.get(node).map(|p| p.state)
+    }
+
+    /// Present peers (alive or suspect), self excluded.
+    pub fn present(&self) -> impl Iterator<Item = (&NodeId, &Peer)> {
+        self.peers.iter().filter(|(_, p)| p.state.present())
+    }
+
+    /// Present members including self.
+    pub fn present_count(&self) -> usize {
+        1 + self.present().count()
+    }
+
+    /// Whether this node sees a strict majority of the last stable membership.
+    pub fn sees_majority(&self) -> bool {
+        self.present_count() * 2 > self.stable_size.max(1)
+    }
+
+    /// Refreshes `stable_size` from the current view: it grows at once and shrinks only when a
+    /// member has left gracefully (a crashed or cut-off member still counts against majority).
+    pub fn refresh_stable_size(&mut self) {
+        let known = 1 + self
+            .peers
+            .values()
+            .filter(|p| p.state != PeerState::Left)
+            .count();
+        self.stable_size = known;
+    }
+}

@@ -1,0 +1,546 @@
+//! Placement by auction: which slots are open, whether this node may bid for one, what it bids,
+//! and who wins. Pure functions over replicated facts plus the `Auction` book-keeping of one
+//! node's open slots and the bids it has seen.
+//!
+//! Every node evaluates the same bids with the same rule (`winner`), so the winner is the same
+//! everywhere whatever order bids arrived in. Nothing here performs IO, reads a clock or draws
+//! randomness: time comes in as `now`.
+
+use std::collections::{BTreeMap, BTreeSet};
+
+use serde::{Deserialize, Serialize};
+
+use crate::ids::{Millis, NodeId, SlotId};
+use crate::spec::{DriverKind, Resources, ServiceSpec, Strategy};
+
+/// A node's offer to host a slot at an epoch.
+#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+pub struct Bid {
+    pub slot: SlotId,
+    /// The epoch the winner will claim (`previous epoch + 1`).
+    pub epoch: u64,
+    pub score: u64,
+    pub node: NodeId,
+}
+
+/// The winner among bids for one slot and epoch: the greatest `(score, node id)`. Independent of
+/// the order of `bids`.
+pub fn winner<'a>(bids: impl IntoIterator<Item = &'a Bid>) -> Option<&'a Bid> {
+    bids.into_iter()
+        .max_by(|a, b| (a.score, &a.node).cmp(&(b.score, &b.node)))
+}
+
+/// What one node knows about itself or another node when judging eligibility and rank.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NodeFacts {
+    pub labels: BTreeMap<String, String>,
+    pub capacity: Resources,
+    /// Requested by instances it owns plus reservations for its outstanding bids.
+    pub allocated: Resources,
+    pub runtimes: BTreeSet<DriverKind>,
+    pub draining: bool,
+    /// Fixed host ports already taken by slots it owns.
+    pub host_ports: BTreeSet<u16>,
+    /// How many slots of each service it owns.
+    pub per_service: BTreeMap<crate::spec::ServiceName, u32>,
+}
+
+impl NodeFacts {
+    pub fn free(&self) -> Resources {
+        Resources {
+            cpu_millis: self
+                .capacity
+                .cpu_millis
+                .saturating_sub(self.allocated.cpu_millis),
+            memory_bytes: self
+                .capacity
+                .memory_bytes
+                .saturating_sub(self.allocated.memory_bytes),
+        }
+    }
+}
+
+/// Why a node cannot host a slot. Rendered for people in `shoal ps` and `shoal status`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub enum Ineligible {
+    Draining,
+    NoDriver(DriverKind),
+    Constraint(String),
+    HostPort(u16),
+    Cpu {
+        needs: u64,
+        free: u64,
+    },
+    Memory {
+        needs: u64,
+        free: u64,
+    },
+    /// It gave this slot up after a crash loop and stays out of it until `until`.
+    Excluded {
+        until: Millis,
+    },
+}
+
+impl std::fmt::Display for Ineligible {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            Ineligible::Draining => write!(f, "draining"),
+            Ineligible::NoDriver(d) => write!(f, "no {} runtime", driver_name(*d)),
+            Ineligible::Constraint(c) => write!(f, "constraint {c} does not match"),
+            Ineligible::HostPort(p) => write!(f, "host port {p} taken"),
+            Ineligible::Cpu { needs, free } => {
+                write!(f, "needs cpu {}, free {}", fmt_cpu(*needs), fmt_cpu(*free))
+            }
+            Ineligible::Memory { needs, free } => {
+                write!(
+                    f,
+                    "needs memory {}, free {}",
+                    fmt_bytes(*needs),
+                    fmt_bytes(*free)
+                )
+            }
+            Ineligible::Excluded { .. } => write!(f, "excluded after a crash loop"),
+        }
+    }
+}
+
+pub fn driver_name(d: DriverKind) -> &'static str {
+    match d {
+        DriverKind::Docker => "docker",
+        DriverKind::Process => "process",
+    }
+}
+
+/// `2500` → `2.5`.
+pub fn fmt_cpu(millis: u64) -> String {
+    if millis.is_multiple_of(1000) {
+        format!("{}", millis / 1000)
+    } else {
+        let s = format!("{}.{:03}", millis / 1000, millis % 1000);
+        s.trim_end_matches('0').to_string()
+    }
+}
+
+/// `268435456` → `256Mi`.
+pub fn fmt_bytes(b: u64) -> String {
+    const UNITS: [(&str, u64); 4] = [
+        ("Ti", 1 << 40),
+        ("Gi", 1 << 30),
+        ("Mi", 1 << 20),
+        ("Ki", 1 << 10),
+    ];
+    for (u, n) in UNITS {
+        if b >= n {
+            let whole = b / n;
+            let tenth = (b % n) * 10 / n;
+            return if tenth == 0 {
+                format!("{whole}{u}")
+            } else {
+                format!("{whole}.{tenth}{u}")
+            };
+        }
+    }
+    format!("{b}")
+}
+
+/// Whether a node with `facts` may host a slot of `spec`; the first reason it may not.
+pub fn eligible(facts: &NodeFacts, spec: &ServiceSpec) -> Result<(), Ineligible> {
+    if facts.draining {
+        return Err(Ineligible::Draining);
+    }
+    let driver = spec.workload.driver();
+    if !facts.runtimes.contains(&driver) {
+        return Err(Ineligible::NoDriver(driver));
+    }
+    if let Some(c) = spec.constraints.iter().find(|c| !c.matches(&facts.labels)) {
+        return Err(Ineligible::Constraint(c.to_string()));
+    }
+    if let Some(p) = spec
+        .ports
+        .iter()
+        .filter_map(|p| p.host)
+        .find(|p| facts.host_ports.contains(p))
+    {
+        return Err(Ineligible::HostPort(p));
+    }
+    let free = facts.free();
+    let needs = spec.resources;
+    if needs.cpu_millis > free.cpu_millis {
+        return Err(Ineligible::Cpu {
+            needs: needs.cpu_millis,
+            free: free.cpu_millis,
+        });
+    }
+    if needs.memory_bytes > free.memory_bytes {
+        return Err(Ineligible::Memory {
+            needs: needs.memory_bytes,
+            free: free.memory_bytes,
+        });
+    }
+    Ok(())
+}
+
+/// Score scale: a node with everything free after placement scores `SCALE` for `spread`.
+pub const SCALE: u64 = 1_000_000;
+/// Penalty per instance of the same service already on the node.
+pub const SAME_SERVICE_PENALTY: u64 = 200_000;
+/// Penalty per instance of the same service on nodes sharing this node's `spread` label value.
+pub const SPREAD_PENALTY: u64 = 400_000;
+/// Added to every score so that penalties never push it below zero.
+pub const BASE: u64 = 10 * SCALE;
+
+/// How instances of the service are distributed over the values of its `spread` label:
+/// `same_value` is how many already run on nodes whose label value equals this node's.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SpreadView {
+    pub same_value: u32,
+}
+
+/// The score a node with `facts` offers for a slot of `spec`; `None` if it is not eligible.
+/// Integer arithmetic only, so every node computes the same number from the same facts.
+pub fn score(facts: &NodeFacts, spec: &ServiceSpec, spread: SpreadView) -> Option<u64> {
+    eligible(facts, spec).ok()?;
+    let free = facts.free();
+    // Eligibility guarantees `need <= free`; a zero capacity scores zero.
+    let after = |free: u64, need: u64, cap: u64| -> u64 {
+        ((free - need).saturating_mul(SCALE))
+            .checked_div(cap)
+            .unwrap_or(0)
+    };
+    let cpu = after(
+        free.cpu_millis,
+        spec.resources.cpu_millis,
+        facts.capacity.cpu_millis,
+    );
+    let mem = after(
+        free.memory_bytes,
+        spec.resources.memory_bytes,
+        facts.capacity.memory_bytes,
+    );
+    let free_fraction = (cpu + mem) / 2;
+    let fit = match spec.strategy {
+        Strategy::Spread => free_fraction,
+        Strategy::Binpack => SCALE - free_fraction.min(SCALE),
+    };
+    let same = facts.per_service.get(&spec.name).copied().unwrap_or(0) as u64;
+    let penalty = same * SAME_SERVICE_PENALTY + spread.same_value as u64 * SPREAD_PENALTY;
+    Some((BASE + fit).saturating_sub(penalty))
+}
+
+/// One slot this node considers open, with the bids seen for its next epoch.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenSlot {
+    pub epoch: u64,
+    pub opened_at: Millis,
+    pub bids: BTreeMap<NodeId, Bid>,
+    /// This node's own bid, whose resources stay reserved until the window closes.
+    pub my_bid: Option<Bid>,
+    pub my_reservation: Resources,
+    /// When this node first saw the slot open at this epoch (not reset by re-bids).
+    pub first_seen: Millis,
+}
+
+/// The auction state of one node: open slots and reservations. Bounded by the number of slots
+/// in the cluster state.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Auction {
+    pub open: BTreeMap<SlotId, OpenSlot>,
+}
+
+impl Auction {
+    /// Resources reserved by this node's outstanding bids.
+    pub fn reserved(&self) -> Resources {
+        let mut r = Resources::default();
+        for o in self.open.values() {
+            r.cpu_millis += o.my_reservation.cpu_millis;
+            r.memory_bytes += o.my_reservation.memory_bytes;
+        }
+        r
+    }
+
+    /// Records a bid seen from any node (ourselves included). Bids for an older epoch than the
+    /// one we track are ignored; a newer epoch replaces what we track.
+    pub fn record(&mut self, now: Millis, bid: Bid) {
+        let entry = self
+            .open
+            .entry(bid.slot.clone())
+            .or_insert_with(|| OpenSlot {
+                epoch: bid.epoch,
+                opened_at: now,
+                bids: BTreeMap::new(),
+                my_bid: None,
+                my_reservation: Resources::default(),
+                first_seen: now,
+            });
+        if bid.epoch < entry.epoch {
+            return;
+        }
+        if bid.epoch > entry.epoch {
+            *entry = OpenSlot {
+                epoch: bid.epoch,
+                opened_at: now,
+                bids: BTreeMap::new(),
+                my_bid: None,
+                my_reservation: Resources::default(),
+                first_seen: now,
+            };
+        }
+        entry.bids.insert(bid.node.clone(), bid);
+    }
+}
+
+/// A node considered by [`plan`], with the facts this node knows about it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Candidate {
+    pub node: NodeId,
+    pub facts: NodeFacts,
+}
+
+/// How many instances of a service run on nodes with a given value of a label:
+/// `(service, label, value) -> count`.
+pub type LabelCounts = BTreeMap<(crate::spec::ServiceName, String, String), u32>;
+
+/// Estimates who will win each open slot: a deterministic greedy assignment of `slots` (in the
+/// given order) over `candidates`, each winner's facts updated as if it had won (resources,
+/// same-service count, host ports, spread counts). Returns, per slot, the best `k` candidates
+/// with their scores at that point, best first.
+///
+/// Every node runs this over the facts it has; when views agree, all nodes expect the same
+/// winners, so each node bids only for the slots where it ranks among the best few. That keeps
+/// bid traffic per slot flat as the fleet grows, and spreads identical nodes evenly even though
+/// their bids are computed at the same time.
+pub fn plan(
+    mut candidates: Vec<Candidate>,
+    slots: &[(SlotId, &ServiceSpec)],
+    mut label_counts: LabelCounts,
+    k: usize,
+) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
+    let mut ranking = BTreeMap::new();
+    for (slot, spec) in slots {
+        let mut scored: Vec<(u64, usize)> = candidates
+            .iter()
+            .enumerate()
+            .filter_map(|(i, c)| {
+                let spread = match &spec.spread {
+                    Some(label) => {
+                        let value = c.facts.labels.get(label).cloned().unwrap_or_default();
+                        let key = (spec.name.clone(), label.clone(), value);
+                        SpreadView {
+                            same_value: label_counts.get(&key).copied().unwrap_or(0),
+                        }
+                    }
+                    None => SpreadView::default(),
+                };
+                score(&c.facts, spec, spread).map(|s| (s, i))
+            })
+            .collect();
+        scored.sort_by(|(sa, ia), (sb, ib)| {
+            (sb, &candidates[*ib].node).cmp(&(sa, &candidates[*ia].node))
+        });
+        let top: Vec<(NodeId, u64)> = scored
+            .iter()
+            .take(k)
+            .map(|(s, i)| (candidates[*i].node.clone(), *s))
+            .collect();
+        if let Some((_, w)) = scored.first() {
+            let f = &mut candidates[*w].facts;
+            f.allocated.cpu_millis += spec.resources.cpu_millis;
+            f.allocated.memory_bytes += spec.resources.memory_bytes;
+            f.host_ports
+                .extend(spec.ports.iter().filter_map(|p| p.host));
+            *f.per_service.entry(spec.name.clone()).or_default() += 1;
+            if let Some(label) = &spec.spread {
+                let value = f.labels.get(label).cloned().unwrap_or_default();
+                *label_counts
+                    .entry((spec.name.clone(), label.clone(), value))
+                    .or_default() += 1;
+            }
+        }
+        ranking.insert(slot.clone(), top);
+    }
+    ranking
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::spec::ServiceName;
+    use proptest::prelude::*;
+
+    fn facts(cpu: u64, mem: u64) -> NodeFacts {
+        NodeFacts {
+            labels: BTreeMap::new(),
+            capacity: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+            },
+            allocated: Resources::default(),
+            runtimes: [DriverKind::Process].into(),
+            draining: false,
+            host_ports: BTreeSet::new(),
+            per_service: BTreeMap::new(),
+        }
+    }
+
+    fn web() -> ServiceSpec {
+        crate::state::cluster::tests::spec("web", 3)
+    }
+
+    #[test]
+    fn the_winner_is_the_greatest_score_then_node_id() {
+        let slot = SlotId::new(&ServiceName("web".into()), 0);
+        let b = |s, n: &str| Bid {
+            slot: slot.clone(),
+            epoch: 1,
+            score: s,
+            node: NodeId(n.into()),
+        };
+        let bids = [b(5, "a"), b(7, "b"), b(7, "c"), b(6, "d")];
+        assert_eq!(winner(&bids).unwrap().node, NodeId("c".into()));
+    }
+
+    proptest! {
+        #[test]
+        fn the_order_of_bids_does_not_matter(scores in prop::collection::vec((0u64..5, 0u8..6), 1..10), seed in any::<u64>()) {
+            let slot = SlotId::new(&ServiceName("web".into()), 0);
+            let mut bids: Vec<Bid> = scores.iter().map(|(s, n)| Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}")) }).collect();
+            let w1 = winner(&bids).cloned();
+            // A deterministic shuffle from the seed.
+            let len = bids.len();
+            for i in 0..len { bids.swap(i, (seed as usize).wrapping_mul(i + 7) % len); }
+            prop_assert_eq!(w1, winner(&bids).cloned());
+        }
+    }
+
+    #[test]
+    fn a_node_without_room_is_not_eligible_and_says_why() {
+        let mut f = facts(1000, 1 << 30);
+        f.allocated.cpu_millis = 950;
+        assert_eq!(
+            eligible(&f, &web()),
+            Err(Ineligible::Cpu {
+                needs: 100,
+                free: 50
+            })
+        );
+        assert_eq!(
+            Ineligible::Cpu {
+                needs: 4000,
+                free: 2500
+            }
+            .to_string(),
+            "needs cpu 4, free 2.5"
+        );
+    }
+
+    #[test]
+    fn spread_prefers_the_emptier_node_and_binpack_the_fuller() {
+        let empty = facts(4000, 4 << 30);
+        let mut busy = facts(4000, 4 << 30);
+        busy.allocated = Resources {
+            cpu_millis: 2000,
+            memory_bytes: 2 << 30,
+        };
+        let mut s = web();
+        assert!(score(&empty, &s, SpreadView::default()) > score(&busy, &s, SpreadView::default()));
+        s.strategy = crate::spec::Strategy::Binpack;
+        assert!(score(&empty, &s, SpreadView::default()) < score(&busy, &s, SpreadView::default()));
+    }
+
+    #[test]
+    fn hosting_the_same_service_lowers_the_score() {
+        let a = facts(4000, 4 << 30);
+        let mut b = a.clone();
+        b.per_service.insert(ServiceName("web".into()), 1);
+        assert!(
+            score(&a, &web(), SpreadView::default()) > score(&b, &web(), SpreadView::default())
+        );
+    }
+
+    #[test]
+    fn constraints_and_drivers_and_fixed_ports_gate_eligibility() {
+        let mut s = web();
+        s.constraints = vec![crate::spec::Constraint {
+            label: "region".into(),
+            op: crate::spec::ConstraintOp::Eq,
+            value: "eu".into(),
+        }];
+        let mut f = facts(4000, 4 << 30);
+        assert_eq!(
+            eligible(&f, &s),
+            Err(Ineligible::Constraint("region == eu".into()))
+        );
+        f.labels.insert("region".into(), "eu".into());
+        assert_eq!(eligible(&f, &s), Ok(()));
+        f.runtimes.clear();
+        assert_eq!(
+            eligible(&f, &s),
+            Err(Ineligible::NoDriver(DriverKind::Process))
+        );
+        f.runtimes.insert(DriverKind::Process);
+        s.ports = vec![crate::spec::PortSpec {
+            name: "http".into(),
+            container: None,
+            host: Some(8080),
+        }];
+        f.host_ports.insert(8080);
+        assert_eq!(eligible(&f, &s), Err(Ineligible::HostPort(8080)));
+    }
+
+    #[test]
+    fn the_plan_spreads_slots_over_identical_nodes() {
+        let spec = web();
+        let cands: Vec<Candidate> = ["a", "b", "c"]
+            .iter()
+            .map(|n| Candidate {
+                node: NodeId(n.to_string()),
+                facts: facts(4000, 4 << 30),
+            })
+            .collect();
+        let slots: Vec<(SlotId, &ServiceSpec)> = (0..6)
+            .map(|i| (SlotId::new(&spec.name, i), &spec))
+            .collect();
+        let plan = plan(cands, &slots, LabelCounts::new(), 2);
+        let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for top in plan.values() {
+            *per_node.entry(top[0].0.clone()).or_default() += 1;
+            assert_eq!(top.len(), 2);
+        }
+        assert_eq!(
+            per_node.values().copied().collect::<Vec<_>>(),
+            vec![2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn the_plan_spreads_over_label_values() {
+        let mut spec = web();
+        spec.spread = Some("region".into());
+        let mk = |n: &str, region: &str| {
+            let mut f = facts(4000, 4 << 30);
+            f.labels.insert("region".into(), region.into());
+            Candidate {
+                node: NodeId(n.into()),
+                facts: f,
+            }
+        };
+        let cands = vec![mk("a", "eu"), mk("b", "eu"), mk("c", "us")];
+        let slots: Vec<(SlotId, &ServiceSpec)> = (0..2)
+            .map(|i| (SlotId::new(&spec.name, i), &spec))
+            .collect();
+        let plan = plan(cands, &slots, LabelCounts::new(), 1);
+        let winners: BTreeSet<String> = plan.values().map(|t| t[0].0.0.clone()).collect();
+        assert!(
+            winners.contains("c"),
+            "one replica in each region: {winners:?}"
+        );
+    }
+
+    #[test]
+    fn sizes_print_as_people_write_them() {
+        assert_eq!(fmt_cpu(500), "0.5");
+        assert_eq!(fmt_cpu(2000), "2");
+        assert_eq!(fmt_bytes(256 << 20), "256Mi");
+        assert_eq!(fmt_bytes(1536 << 20), "1.5Gi");
+    }
+}

@@ -276,7 +276,7 @@ impl Fleet {
         let config = root.path().join("agent.toml");
         std::fs::write(
             &config,
-            "[swim]\nprobe_rtt_ms = 300\nsuspect_to_down_ms = 3000\n",
+            "[swim]\nprobe_period_ms = 500\nprobe_rtt_ms = 300\nsuspect_to_down_ms = 3000\n",
         )
         .unwrap();
         let mut fleet = Fleet {

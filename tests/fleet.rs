@@ -138,16 +138,6 @@ fn a_pause_shorter_than_the_suspicion_timeout_is_not_a_death() {
 
 #[test]
 fn a_write_on_one_node_reaches_all_five_with_identical_digests_and_survives_a_restart() {
-    if std::env::var_os("SHOAL_CONVERGENCE_TESTS").is_none() {
-        // Known bug, open: on a heavily loaded 2-core machine these fleets did not reach
-        // identical digests / exactly N within the bound (see the issue notes). Run with
-        // SHOAL_CONVERGENCE_TESTS=1 to reproduce while it is being fixed.
-        eprintln!(
-            "skipped {}: set SHOAL_CONVERGENCE_TESTS=1 (open convergence bug under load)",
-            module_path!()
-        );
-        return;
-    }
     let _g = serial();
     let mut f = Fleet::start(5, &[]);
     let svc = unique("repl");
@@ -239,11 +229,11 @@ fn concurrent_deploys_of_one_service_converge_to_one_winner_with_both_in_history
 #[test]
 fn ten_replicas_on_five_nodes_spread_evenly_survive_a_kill_and_are_reclaimed_on_return() {
     if std::env::var_os("SHOAL_CONVERGENCE_TESTS").is_none() {
-        // Known bug, open: on a heavily loaded 2-core machine these fleets did not reach
-        // identical digests / exactly N within the bound (see the issue notes). Run with
+        // Known bug, open: about one run in four the first placement lands 1/2/2/2/3 instead of
+        // within one of even (the bidding plans of the five nodes diverge). Run with
         // SHOAL_CONVERGENCE_TESTS=1 to reproduce while it is being fixed.
         eprintln!(
-            "skipped {}: set SHOAL_CONVERGENCE_TESTS=1 (open convergence bug under load)",
+            "skipped {}: set SHOAL_CONVERGENCE_TESTS=1 (open placement-spread bug)",
             module_path!()
         );
         return;
@@ -270,10 +260,17 @@ fn ten_replicas_on_five_nodes_spread_evenly_survive_a_kill_and_are_reclaimed_on_
         Duration::from_secs(60),
         exactly_ten,
     );
-    let rows = f.ps(0, &svc);
+    // The processes run; the owners' reports reach node 0 a moment later.
+    let rows = wait_for(
+        "every slot reported running",
+        Duration::from_secs(30),
+        || {
+            let rows = f.ps(0, &svc);
+            rows.iter().all(|r| r["state"] == "running").then_some(rows)
+        },
+    );
     let mut per_node = std::collections::BTreeMap::<String, usize>::new();
     for r in &rows {
-        assert_eq!(r["state"], "running", "{r}");
         *per_node
             .entry(r["node"].as_str().unwrap().to_string())
             .or_default() += 1;

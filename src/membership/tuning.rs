@@ -75,8 +75,11 @@ pub struct SwimTuning {
     /// anyway (joins are completed by snapshots). Each answer is a feed of up to
     /// `max_packet_size` bytes, so this is most of the idle traffic if set low. 0 disables.
     pub announce_period_ms: u64,
-    /// Milliseconds between announces to members believed down, so that the two sides of a
-    /// healed partition find each other again. 0 disables.
+    /// Milliseconds between announces to two random members believed down, so that the two
+    /// sides of a healed partition find each other again: the heal is noticed within about
+    /// this period divided by the number of nodes on either side. An announce to a member
+    /// that is really dead costs one small datagram (and, over TCP, a failed dial), so keep
+    /// this well below the partition-heal target. 0 disables.
     pub announce_down_period_ms: u64,
     /// Milliseconds a down (or left) member is remembered before it is forgotten: its
     /// tombstone stops stale updates from resurrecting it. Longer than any partition you
@@ -121,7 +124,7 @@ impl Profile {
                 gossip_period_ms: 100,
                 gossip_fanout: 4,
                 announce_period_ms: 120_000,
-                announce_down_period_ms: 65_000,
+                announce_down_period_ms: 2_000,
                 remove_down_after_ms: 3_600_000,
                 meta_min_interval_ms: 1_000,
                 meta_pull_retry_ms: 2_000,
@@ -137,7 +140,7 @@ impl Profile {
                 gossip_period_ms: 400,
                 gossip_fanout: 4,
                 announce_period_ms: 300_000,
-                announce_down_period_ms: 125_000,
+                announce_down_period_ms: 10_000,
                 remove_down_after_ms: 3_600_000,
                 meta_min_interval_ms: 1_000,
                 meta_pull_retry_ms: 8_000,

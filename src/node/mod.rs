@@ -284,6 +284,14 @@ pub struct Node<R: Rng> {
     last_compact: Millis,
     /// When this node stopped seeing a strict majority (for `partition: majority`).
     minority_since: Option<Millis>,
+    /// Since when this node has seen a strict majority without a break (None: it does not).
+    majority_since: Option<Millis>,
+    /// `partition: majority` claims `(slot, epoch)` this node may run: won by this life of the
+    /// node, or found running when it started. Its other majority claims (an earlier life's,
+    /// whose instance died with the machine) are released rather than started: the majority
+    /// side may have placed the slot again meanwhile, and this node cannot know until it has
+    /// merged the fleet's state.
+    vouched: BTreeSet<(SlotId, u64)>,
     /// Instances kept running after their slot moved, until the new owner runs it.
     handovers: BTreeMap<InstanceKey, Millis>,
     membership: Option<Membership>,
@@ -338,6 +346,8 @@ impl<R: Rng> Node<R> {
             last_relist: None,
             last_compact: Millis(0),
             minority_since: None,
+            majority_since: None,
+            vouched: BTreeSet::new(),
             handovers: BTreeMap::new(),
             membership,
             published_meta: None,
@@ -937,9 +947,12 @@ impl<R: Rng> Node<R> {
         // Majority tracking for `partition: majority`.
         if self.members.sees_majority() {
             self.minority_since = None;
-        } else if self.minority_since.is_none() {
-            self.minority_since = Some(now);
+            self.majority_since.get_or_insert(now);
+        } else {
+            self.majority_since = None;
+            self.minority_since.get_or_insert(now);
         }
+        self.guard_majority(now, out);
         self.release_unfit(now, out);
         self.run_auction(now, out);
         self.track_handovers(now);
@@ -990,6 +1003,85 @@ impl<R: Rng> Node<R> {
         }
     }
 
+    /// Gives up the `majority` slots this node must not run:
+    /// - all of them once fenced (in a minority for longer than the lease). The instance is
+    ///   already stopped (see `desired`); the release makes sure it is never started again
+    ///   under the old claim: when the partition heals, this node may see a majority again
+    ///   before it has merged the claim the majority side made meanwhile;
+    /// - claims it cannot vouch for (see `vouched`), once every runtime has been listed so that
+    ///   a surviving instance is adopted rather than released.
+    ///
+    /// A released slot is placed again by an auction among nodes that see a majority.
+    fn guard_majority(&mut self, now: Millis, out: &mut Vec<Output>) {
+        if self.cfg.bugs.no_fence {
+            return;
+        }
+        let fenced = self.fenced(now);
+        let listed = self
+            .cfg
+            .runtimes
+            .iter()
+            .all(|d| self.reconciler.has_listed(*d));
+        if !fenced && !listed {
+            return;
+        }
+        let mine: Vec<(SlotId, u64)> = self
+            .state
+            .claims
+            .iter()
+            .filter(|(slot, c)| {
+                c.node == self.cfg.id
+                    && !c.released
+                    && self
+                        .state
+                        .services
+                        .get(&slot.service)
+                        .and_then(|e| e.current())
+                        .and_then(|r| r.spec())
+                        .is_some_and(|spec| spec.partition == PartitionMode::Majority)
+            })
+            .map(|(slot, c)| (slot.clone(), c.epoch))
+            .collect();
+        self.vouched.retain(|v| mine.contains(v));
+        for (slot, epoch) in mine {
+            if fenced {
+                tracing::warn!(
+                    slot = %slot,
+                    "in a minority for longer than the lease: partition: majority slot released"
+                );
+            } else if self.vouched.contains(&(slot.clone(), epoch)) {
+                continue;
+            } else if self
+                .reconciler
+                .instances
+                .get(&InstanceKey {
+                    slot: slot.clone(),
+                    epoch,
+                })
+                .is_some_and(|l| matches!(l.phase, reconcile::Phase::Running { .. }))
+            {
+                self.vouched.insert((slot, epoch));
+                continue;
+            } else {
+                tracing::info!(
+                    slot = %slot,
+                    epoch,
+                    "partition: majority claim from an earlier run with no instance left: released so that the fleet places it again"
+                );
+            }
+            self.vouched.remove(&(slot.clone(), epoch));
+            self.release(&slot, out);
+        }
+    }
+
+    /// In a minority for longer than the lease: `majority` instances must not run here.
+    fn fenced(&self, now: Millis) -> bool {
+        !self.cfg.bugs.no_fence
+            && self
+                .minority_since
+                .is_some_and(|s| now.since(s) >= self.cfg.timing.lease_ms)
+    }
+
     /// Releases slots this node owns but can no longer host (a new revision needs a runtime or
     /// labels it lacks).
     fn release_unfit(&mut self, _now: Millis, out: &mut Vec<Output>) {
@@ -1027,7 +1119,18 @@ impl<R: Rng> Node<R> {
         let settled = self
             .started_at
             .is_some_and(|s| now.since(s) >= t.startup_grace_ms);
+        // How long this node has seen a majority: an owner's absence only counts from then (a
+        // node back from a minority saw everyone on the other side as down, owners included).
+        let majority_for = self.majority_since.map(|m| now.since(m));
         for (name, _rev, spec) in self.state.live_services() {
+            // A `majority` slot is only placed by nodes that see a majority: a minority cannot
+            // tell whether the other side runs it.
+            if spec.partition == PartitionMode::Majority
+                && !self.cfg.bugs.no_fence
+                && majority_for.is_none()
+            {
+                continue;
+            }
             for index in 0..spec.replicas {
                 let slot = SlotId::new(name, index);
                 let Some(c) = self.state.claims.get(&slot) else {
@@ -1060,8 +1163,7 @@ impl<R: Rng> Node<R> {
                 if spec.partition == PartitionMode::Majority
                     && !self.cfg.bugs.no_fence
                     && (known.is_none()
-                        || !self.members.sees_majority()
-                        || gone_for < t.lease_ms + t.drift_margin_ms)
+                        || gone_for.min(majority_for.unwrap_or(0)) < t.lease_ms + t.drift_margin_ms)
                 {
                     continue;
                 }
@@ -1381,6 +1483,7 @@ impl<R: Rng> Node<R> {
             };
             self.counters.claims_won += 1;
             tracing::info!(slot = %slot, epoch = win.epoch, "slot placed");
+            self.vouched.insert((slot.clone(), win.epoch));
             let delta = self.state.put_claim(&slot, claim);
             self.write(delta, out);
         }

@@ -570,6 +570,20 @@ impl Sim {
         match cmd {
             RuntimeCommand::Start(spec) => {
                 let key = spec.key.clone();
+                // `SIM_TRACE_SLOT=web/3` prints every start of that slot with the claim seen.
+                if std::env::var_os("SIM_TRACE_SLOT")
+                    .is_some_and(|v| v.to_string_lossy() == key.slot.to_string())
+                    && let Some(n) = self.nodes[i].node.as_ref()
+                {
+                    eprintln!(
+                        "{} ms: node {i} starts {} epoch {}; its claim: {:?}; sees a majority: {}",
+                        self.now.0,
+                        key.slot,
+                        key.epoch,
+                        n.state().claims.get(&key.slot),
+                        n.members().sees_majority()
+                    );
+                }
                 let fresh = self.nodes[i].runtime.begin_start(spec);
                 let delay = if fresh {
                     let (base, jitter) = self.cfg.start_ms;

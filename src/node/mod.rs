@@ -1282,7 +1282,14 @@ impl<R: Rng> Node<R> {
 
     /// Facts about a node derived from replicated claims (the same on every node that holds the
     /// same state), with capacity, labels and runtimes from what it advertises.
-    fn claimed_facts(&self, node: &NodeId, meta: &PeerMeta) -> NodeFacts {
+    /// A node's facts from its metadata and the replicated claims, leaving out the claims of
+    /// the services in `placing` (the plan walks those itself).
+    fn claimed_facts(
+        &self,
+        node: &NodeId,
+        meta: &PeerMeta,
+        placing: &BTreeSet<&ServiceName>,
+    ) -> NodeFacts {
         let mut f = NodeFacts {
             labels: meta.labels.clone(),
             capacity: meta.capacity,
@@ -1293,7 +1300,7 @@ impl<R: Rng> Node<R> {
             per_service: BTreeMap::new(),
         };
         for (slot, c) in &self.state.claims {
-            if &c.node != node || c.released {
+            if &c.node != node || c.released || placing.contains(&slot.service) {
                 continue;
             }
             let Some(spec) = self.state.live_spec(&slot.service) else {
@@ -1317,10 +1324,13 @@ impl<R: Rng> Node<R> {
         now: Millis,
         open: &BTreeMap<SlotId, u64>,
     ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
+        // The services with open slots are walked whole, their claimed slots pinned to their
+        // owners (see `placement::plan`); every other claim is part of the starting facts.
+        let placing: BTreeSet<&ServiceName> = open.keys().map(|s| &s.service).collect();
         let me = self.meta(now);
         let mut candidates = vec![placement::Candidate {
             node: self.cfg.id.clone(),
-            facts: self.claimed_facts(&self.cfg.id, &me),
+            facts: self.claimed_facts(&self.cfg.id, &me, &placing),
         }];
         for (id, p) in self.members.present() {
             // A member whose metadata has not arrived yet is assumed to look like this node:
@@ -1340,12 +1350,12 @@ impl<R: Rng> Node<R> {
             };
             candidates.push(placement::Candidate {
                 node: id.clone(),
-                facts: self.claimed_facts(id, m),
+                facts: self.claimed_facts(id, m, &placing),
             });
         }
         let mut labels = placement::LabelCounts::new();
         for (slot, c) in &self.state.claims {
-            if c.released {
+            if c.released || placing.contains(&slot.service) {
                 continue;
             }
             let Some(spec) = self.state.live_spec(&slot.service) else {
@@ -1365,14 +1375,24 @@ impl<R: Rng> Node<R> {
                     .or_default() += 1;
             }
         }
-        let slots: Vec<(SlotId, &ServiceSpec)> = open
-            .keys()
-            .filter_map(|slot| {
-                self.state
-                    .live_spec(&slot.service)
-                    .map(|s| (slot.clone(), s))
-            })
-            .collect();
+        let mut slots = Vec::new();
+        for service in &placing {
+            let Some(spec) = self.state.live_spec(service) else {
+                continue;
+            };
+            for index in 0..spec.replicas {
+                let slot = SlotId::new(service, index);
+                let pinned = if open.contains_key(&slot) {
+                    None
+                } else {
+                    match self.state.claims.get(&slot) {
+                        Some(c) if !c.released => Some(c.node.clone()),
+                        _ => continue,
+                    }
+                };
+                slots.push(placement::PlanSlot { slot, spec, pinned });
+            }
+        }
         placement::plan(candidates, &slots, labels, BIDDERS_PER_SLOT)
     }
 
@@ -1400,6 +1420,16 @@ impl<R: Rng> Node<R> {
         } else {
             self.plan(now, &open)
         };
+        // Bid first where this node expects to win, then where it is a runner-up: reservations
+        // stop a node from bidding beyond its free capacity, and spending them on slots others
+        // are expected to win would leave its own planned slots without their expected bidder.
+        let rank = |slot: &SlotId| {
+            plan.get(slot)
+                .and_then(|top| top.iter().position(|(n, _)| n == &self.cfg.id))
+                .unwrap_or(usize::MAX)
+        };
+        let mut due = due;
+        due.sort_by_cached_key(|(slot, _)| (rank(slot), slot.clone()));
         let mut bids = Vec::new();
         for (slot, epoch) in due {
             let Some(spec) = self.state.live_spec(&slot.service) else {
@@ -1435,6 +1465,7 @@ impl<R: Rng> Node<R> {
                 score,
                 node: self.cfg.id.clone(),
             };
+            tracing::debug!(slot = %slot, epoch, score, planned = ranked.is_some(), "bid");
             let entry = self.auction.open.get_mut(&slot).expect("inserted above");
             entry.my_bid = Some(bid.clone());
             entry.my_reservation = spec.resources;
@@ -1459,6 +1490,11 @@ impl<R: Rng> Node<R> {
         for slot in due {
             let o = self.auction.open.get_mut(&slot).expect("due slot is open");
             let win = placement::winner(o.bids.values()).cloned();
+            tracing::debug!(
+                slot = %slot,
+                bids = ?o.bids.values().map(|b| (short(&b.node), b.score)).collect::<Vec<_>>(),
+                "bid window closed"
+            );
             o.my_bid = None;
             o.my_reservation = Resources::default();
             let Some(win) = win else { continue };
@@ -2017,3 +2053,9 @@ fn desired<'a>(
 
 #[cfg(test)]
 mod tests;
+
+/// The last 6 characters of a node id, for logs.
+fn short(node: &NodeId) -> &str {
+    let s = node.0.as_str();
+    s.get(s.len().saturating_sub(6)..).unwrap_or(s)
+}

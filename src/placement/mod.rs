@@ -300,50 +300,69 @@ pub struct Candidate {
 /// `(service, label, value) -> count`.
 pub type LabelCounts = BTreeMap<(crate::spec::ServiceName, String, String), u32>;
 
-/// Estimates who will win each open slot: a deterministic greedy assignment of `slots` (in the
-/// given order) over `candidates`, each winner's facts updated as if it had won (resources,
-/// same-service count, host ports, spread counts). Returns, per slot, the best `k` candidates
-/// with their scores at that point, best first.
+/// One step of a [`plan`]: a slot to rank, or (`pinned`) a slot already claimed by that node.
+#[derive(Clone, Debug)]
+pub struct PlanSlot<'a> {
+    pub slot: SlotId,
+    pub spec: &'a ServiceSpec,
+    pub pinned: Option<NodeId>,
+}
+
+/// Estimates who will win each open slot: a deterministic greedy walk over `slots` (in the
+/// given order) and `candidates`. An open slot goes to the best candidate at that point; a
+/// pinned slot to the node that claimed it. Either way the winner's facts are updated as if it
+/// had won (resources, same-service count, host ports, spread counts). Returns, per open slot,
+/// the best `k` candidates with their scores at that point, best first.
 ///
 /// Every node runs this over the facts it has; when views agree, all nodes expect the same
 /// winners, so each node bids only for the slots where it ranks among the best few. That keeps
 /// bid traffic per slot flat as the fleet grows, and spreads identical nodes evenly even though
-/// their bids are computed at the same time.
+/// their bids are computed at the same time. Callers walk every slot of the services being
+/// placed, claimed ones pinned: claims that follow the plan then leave the ranking of the
+/// remaining slots unchanged, so a node that plans after some winners have claimed still
+/// agrees with one that planned before.
 pub fn plan(
     mut candidates: Vec<Candidate>,
-    slots: &[(SlotId, &ServiceSpec)],
+    slots: &[PlanSlot<'_>],
     mut label_counts: LabelCounts,
     k: usize,
 ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
     let mut ranking = BTreeMap::new();
-    for (slot, spec) in slots {
-        let mut scored: Vec<(u64, usize)> = candidates
-            .iter()
-            .enumerate()
-            .filter_map(|(i, c)| {
-                let spread = match &spec.spread {
-                    Some(label) => {
-                        let value = c.facts.labels.get(label).cloned().unwrap_or_default();
-                        let key = (spec.name.clone(), label.clone(), value);
-                        SpreadView {
-                            same_value: label_counts.get(&key).copied().unwrap_or(0),
-                        }
-                    }
-                    None => SpreadView::default(),
-                };
-                score(&c.facts, spec, spread).map(|s| (s, i))
-            })
-            .collect();
-        scored.sort_by(|(sa, ia), (sb, ib)| {
-            (sb, &candidates[*ib].node).cmp(&(sa, &candidates[*ia].node))
-        });
-        let top: Vec<(NodeId, u64)> = scored
-            .iter()
-            .take(k)
-            .map(|(s, i)| (candidates[*i].node.clone(), *s))
-            .collect();
-        if let Some((_, w)) = scored.first() {
-            let f = &mut candidates[*w].facts;
+    for PlanSlot { slot, spec, pinned } in slots {
+        let winner = match pinned {
+            Some(node) => candidates.iter().position(|c| &c.node == node),
+            None => {
+                let mut scored: Vec<(u64, usize)> = candidates
+                    .iter()
+                    .enumerate()
+                    .filter_map(|(i, c)| {
+                        let spread = match &spec.spread {
+                            Some(label) => {
+                                let value = c.facts.labels.get(label).cloned().unwrap_or_default();
+                                let key = (spec.name.clone(), label.clone(), value);
+                                SpreadView {
+                                    same_value: label_counts.get(&key).copied().unwrap_or(0),
+                                }
+                            }
+                            None => SpreadView::default(),
+                        };
+                        score(&c.facts, spec, spread).map(|s| (s, i))
+                    })
+                    .collect();
+                scored.sort_by(|(sa, ia), (sb, ib)| {
+                    (sb, &candidates[*ib].node).cmp(&(sa, &candidates[*ia].node))
+                });
+                let top: Vec<(NodeId, u64)> = scored
+                    .iter()
+                    .take(k)
+                    .map(|(s, i)| (candidates[*i].node.clone(), *s))
+                    .collect();
+                ranking.insert(slot.clone(), top);
+                scored.first().map(|(_, w)| *w)
+            }
+        };
+        if let Some(w) = winner {
+            let f = &mut candidates[w].facts;
             f.allocated.cpu_millis += spec.resources.cpu_millis;
             f.allocated.memory_bytes += spec.resources.memory_bytes;
             f.host_ports
@@ -356,7 +375,6 @@ pub fn plan(
                     .or_default() += 1;
             }
         }
-        ranking.insert(slot.clone(), top);
     }
     ranking
 }
@@ -487,6 +505,52 @@ mod tests {
         assert_eq!(eligible(&f, &s), Err(Ineligible::HostPort(8080)));
     }
 
+    fn open_slot(spec: &ServiceSpec, i: u32) -> PlanSlot<'_> {
+        PlanSlot {
+            slot: SlotId::new(&spec.name, i),
+            spec,
+            pinned: None,
+        }
+    }
+
+    proptest! {
+        /// Nodes plan at different moments: one before any winner has claimed, another after
+        /// some have. Claims that follow the plan must not change who is expected to win the
+        /// rest, or the two would bid for different slots and the spread would skew.
+        #[test]
+        fn claims_that_follow_the_plan_leave_the_rest_of_it_unchanged(
+            cpus in proptest::collection::vec(1_000u64..8_000, 1..8),
+            replicas in 1u32..24,
+            claimed in proptest::collection::vec(any::<bool>(), 24),
+        ) {
+            let spec = crate::state::cluster::tests::spec("web", replicas);
+            let cands: Vec<Candidate> = cpus
+                .iter()
+                .enumerate()
+                .map(|(i, cpu)| Candidate {
+                    node: NodeId(format!("n{i}")),
+                    facts: facts(*cpu, 8 << 30),
+                })
+                .collect();
+            let all: Vec<PlanSlot> = (0..replicas).map(|i| open_slot(&spec, i)).collect();
+            let before = plan(cands.clone(), &all, LabelCounts::new(), 3);
+            let later: Vec<PlanSlot> = all
+                .iter()
+                .map(|p| {
+                    let mut p = p.clone();
+                    if claimed[p.slot.index as usize] {
+                        p.pinned = before[&p.slot].first().map(|(n, _)| n.clone());
+                    }
+                    p
+                })
+                .collect();
+            let after = plan(cands, &later, LabelCounts::new(), 3);
+            for (slot, top) in &after {
+                prop_assert_eq!(top, &before[slot]);
+            }
+        }
+    }
+
     #[test]
     fn the_plan_spreads_slots_over_identical_nodes() {
         let spec = web();
@@ -497,9 +561,7 @@ mod tests {
                 facts: facts(4000, 4 << 30),
             })
             .collect();
-        let slots: Vec<(SlotId, &ServiceSpec)> = (0..6)
-            .map(|i| (SlotId::new(&spec.name, i), &spec))
-            .collect();
+        let slots: Vec<PlanSlot> = (0..6).map(|i| open_slot(&spec, i)).collect();
         let plan = plan(cands, &slots, LabelCounts::new(), 2);
         let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
         for top in plan.values() {
@@ -525,9 +587,7 @@ mod tests {
             }
         };
         let cands = vec![mk("a", "eu"), mk("b", "eu"), mk("c", "us")];
-        let slots: Vec<(SlotId, &ServiceSpec)> = (0..2)
-            .map(|i| (SlotId::new(&spec.name, i), &spec))
-            .collect();
+        let slots: Vec<PlanSlot> = (0..2).map(|i| open_slot(&spec, i)).collect();
         let plan = plan(cands, &slots, LabelCounts::new(), 1);
         let winners: BTreeSet<String> = plan.values().map(|t| t[0].0.0.clone()).collect();
         assert!(

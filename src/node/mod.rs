@@ -57,6 +57,11 @@ pub struct CoreTiming {
     /// unreachable before re-placing it.
     pub lease_ms: u64,
     pub drift_margin_ms: u64,
+    /// `partition: majority`: a node that wins a slot's auction waits this long before it
+    /// starts the instance, and starts it only if its claim still stands. Two nodes that both
+    /// believed they won (a bid lost on the way) see each other's claim in the meantime and
+    /// the loser never starts. A few gossip rounds; LAN 2 s.
+    pub majority_confirm_ms: u64,
     /// Claims held by nodes this node has never heard of are treated as orphaned only after it
     /// has run this long (membership needs time to converge after a start).
     pub startup_grace_ms: u64,
@@ -79,6 +84,7 @@ impl CoreTiming {
             compact_ms: 60_000,
             lease_ms: 10_000,
             drift_margin_ms: 2_000,
+            majority_confirm_ms: 2_000,
             startup_grace_ms: 10_000,
             handover_max_ms: 60_000,
             sync_interval_ms: 5_000,
@@ -95,6 +101,7 @@ impl CoreTiming {
             compact_ms: 60_000,
             lease_ms: 60_000,
             drift_margin_ms: 10_000,
+            majority_confirm_ms: 6_000,
             startup_grace_ms: 60_000,
             handover_max_ms: 120_000,
             sync_interval_ms: 15_000,
@@ -286,12 +293,13 @@ pub struct Node<R: Rng> {
     minority_since: Option<Millis>,
     /// Since when this node has seen a strict majority without a break (None: it does not).
     majority_since: Option<Millis>,
-    /// `partition: majority` claims `(slot, epoch)` this node may run: won by this life of the
-    /// node, or found running when it started. Its other majority claims (an earlier life's,
-    /// whose instance died with the machine) are released rather than started: the majority
-    /// side may have placed the slot again meanwhile, and this node cannot know until it has
-    /// merged the fleet's state.
-    vouched: BTreeSet<(SlotId, u64)>,
+    /// `partition: majority` claims `(slot, epoch)` this node may run, with the time from which
+    /// it may start them: won by this life of the node (after `majority_confirm_ms`), or found
+    /// running when it started (at once). Its other majority claims (an earlier life's, whose
+    /// instance died with the machine) are released rather than started: the majority side
+    /// may have placed the slot again meanwhile, and this node cannot know until it has merged
+    /// the fleet's state.
+    vouched: BTreeMap<(SlotId, u64), Millis>,
     /// Instances kept running after their slot moved, until the new owner runs it.
     handovers: BTreeMap<InstanceKey, Millis>,
     membership: Option<Membership>,
@@ -347,7 +355,7 @@ impl<R: Rng> Node<R> {
             last_compact: Millis(0),
             minority_since: None,
             majority_since: None,
-            vouched: BTreeSet::new(),
+            vouched: BTreeMap::new(),
             handovers: BTreeMap::new(),
             membership,
             published_meta: None,
@@ -424,6 +432,9 @@ impl<R: Rng> Node<R> {
         if let Some(d) = self.reconciler.next_deadline() {
             consider(d);
         }
+        for from in self.vouched.values().filter(|f| **f > now) {
+            consider(*from);
+        }
         if let Some(d) = self.membership.as_ref().and_then(Membership::next_deadline) {
             consider(d);
         }
@@ -465,6 +476,7 @@ impl<R: Rng> Node<R> {
                     &self.reconciler,
                     &self.handovers,
                     self.minority_since,
+                    &self.vouched,
                     now,
                 );
                 self.reconciler.on_event(now, ev, &desired, &mut effects);
@@ -968,6 +980,7 @@ impl<R: Rng> Node<R> {
             &self.reconciler,
             &self.handovers,
             self.minority_since,
+            &self.vouched,
             now,
         );
         self.reconciler.step(now, &owner, &desired, &mut effects);
@@ -1042,14 +1055,14 @@ impl<R: Rng> Node<R> {
             })
             .map(|(slot, c)| (slot.clone(), c.epoch))
             .collect();
-        self.vouched.retain(|v| mine.contains(v));
+        self.vouched.retain(|v, _| mine.contains(v));
         for (slot, epoch) in mine {
             if fenced {
                 tracing::warn!(
                     slot = %slot,
                     "in a minority for longer than the lease: partition: majority slot released"
                 );
-            } else if self.vouched.contains(&(slot.clone(), epoch)) {
+            } else if self.vouched.contains_key(&(slot.clone(), epoch)) {
                 continue;
             } else if self
                 .reconciler
@@ -1060,7 +1073,7 @@ impl<R: Rng> Node<R> {
                 })
                 .is_some_and(|l| matches!(l.phase, reconcile::Phase::Running { .. }))
             {
-                self.vouched.insert((slot, epoch));
+                self.vouched.insert((slot, epoch), now);
                 continue;
             } else {
                 tracing::info!(
@@ -1519,7 +1532,10 @@ impl<R: Rng> Node<R> {
             };
             self.counters.claims_won += 1;
             tracing::info!(slot = %slot, epoch = win.epoch, "slot placed");
-            self.vouched.insert((slot.clone(), win.epoch));
+            self.vouched.insert(
+                (slot.clone(), win.epoch),
+                now.plus(self.cfg.timing.majority_confirm_ms),
+            );
             let delta = self.state.put_claim(&slot, claim);
             self.write(delta, out);
         }
@@ -1944,6 +1960,7 @@ fn desired<'a>(
     reconciler: &Reconciler,
     handovers: &BTreeMap<InstanceKey, Millis>,
     minority_since: Option<Millis>,
+    vouched: &BTreeMap<(SlotId, u64), Millis>,
     now: Millis,
 ) -> BTreeMap<SlotId, Desired<'a>> {
     let mut d = BTreeMap::new();
@@ -1961,7 +1978,17 @@ fn desired<'a>(
         if slot.index >= spec.replicas {
             continue;
         }
-        if fenced && spec.partition == PartitionMode::Majority {
+        // A majority claim runs once vouched for and confirmed (see `Node::vouched`). Before
+        // its runtime has been listed it stays desired, so that a surviving instance is
+        // adopted rather than stopped; nothing is started on a runtime not yet listed.
+        if spec.partition == PartitionMode::Majority
+            && !cfg.bugs.no_fence
+            && (fenced
+                || (reconciler.has_listed(spec.workload.driver())
+                    && vouched
+                        .get(&(slot.clone(), c.epoch))
+                        .is_none_or(|from| *from > now)))
+        {
             continue;
         }
         d.insert(

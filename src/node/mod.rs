@@ -475,8 +475,10 @@ impl<R: Rng> Node<R> {
                     &self.members,
                     &self.reconciler,
                     &self.handovers,
-                    self.minority_since,
-                    &self.vouched,
+                    Fence {
+                        minority_since: self.minority_since,
+                        vouched: &self.vouched,
+                    },
                     now,
                 );
                 self.reconciler.on_event(now, ev, &desired, &mut effects);
@@ -979,8 +981,10 @@ impl<R: Rng> Node<R> {
             &self.members,
             &self.reconciler,
             &self.handovers,
-            self.minority_since,
-            &self.vouched,
+            Fence {
+                minority_since: self.minority_since,
+                vouched: &self.vouched,
+            },
             now,
         );
         self.reconciler.step(now, &owner, &desired, &mut effects);
@@ -1949,6 +1953,13 @@ fn find_revision<'a>(
     }
 }
 
+/// What `desired` needs to keep `partition: majority` instances fenced.
+#[derive(Clone, Copy)]
+struct Fence<'a> {
+    minority_since: Option<Millis>,
+    vouched: &'a BTreeMap<(SlotId, u64), Millis>,
+}
+
 /// The slots this node should run right now: the claims it owns for live services within their
 /// replica count, plus instances handed over to another node that does not run them yet
 /// (make-before-break), minus `majority` services while this node has been in a minority for
@@ -1959,10 +1970,13 @@ fn desired<'a>(
     members: &Members,
     reconciler: &Reconciler,
     handovers: &BTreeMap<InstanceKey, Millis>,
-    minority_since: Option<Millis>,
-    vouched: &BTreeMap<(SlotId, u64), Millis>,
+    fence: Fence<'_>,
     now: Millis,
 ) -> BTreeMap<SlotId, Desired<'a>> {
+    let Fence {
+        minority_since,
+        vouched,
+    } = fence;
     let mut d = BTreeMap::new();
     let fenced =
         !cfg.bugs.no_fence && minority_since.is_some_and(|s| now.since(s) >= cfg.timing.lease_ms);

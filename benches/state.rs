@@ -245,7 +245,7 @@ fn bootstrap_rounds(full: &ClusterState, max_rounds: usize) -> (usize, bool, usi
         if d.is_empty() {
             return (round - 1, true, fresh.services.len());
         }
-        let (chunk, _) = sync::entries_in(full, &d, sync::MAX_SYNC_ENTRY_BYTES);
+        let (chunk, _) = sync::entries_in(full, &d, sync::MAX_SYNC_ENTRY_BYTES, round * 7919);
         if !fresh.merge(&chunk) {
             return (round, false, fresh.services.len());
         }
@@ -263,7 +263,7 @@ fn print_sizes(states: &[(usize, &ClusterState)]) {
     for (n, s) in states {
         let full = wire::encode(&full_entries(s)).len();
         let state_only = wire::encode(*s).len();
-        let (chunk, complete) = sync::entries_in(s, &all_buckets(), sync::MAX_SYNC_ENTRY_BYTES);
+        let (chunk, complete) = sync::entries_in(s, &all_buckets(), sync::MAX_SYNC_ENTRY_BYTES, 0);
         let chunk_msg = wire::encode(&SyncMsg::Entries {
             state: chunk.clone(),
             differing: (0..sync::BUCKETS as u16).collect(),
@@ -447,7 +447,7 @@ fn benches(c: &mut Criterion) {
             });
         }
         let buckets = all_buckets();
-        let (chunk, complete) = sync::entries_in(&base, &buckets, sync::MAX_SYNC_ENTRY_BYTES);
+        let (chunk, complete) = sync::entries_in(&base, &buckets, sync::MAX_SYNC_ENTRY_BYTES, 0);
         let chunk_msg = SyncMsg::Entries {
             state: chunk,
             differing: (0..sync::BUCKETS as u16).collect(),
@@ -456,7 +456,7 @@ fn benches(c: &mut Criterion) {
         let chunk_bytes = wire::encode(&chunk_msg);
         g.throughput(Throughput::Bytes(chunk_bytes.len() as u64));
         g.bench_function("sync_chunk_10k/entries_in", |b| {
-            b.iter(|| sync::entries_in(black_box(&base), &buckets, sync::MAX_SYNC_ENTRY_BYTES))
+            b.iter(|| sync::entries_in(black_box(&base), &buckets, sync::MAX_SYNC_ENTRY_BYTES, 0))
         });
         g.bench_function("sync_chunk_10k/encode_decode", |b| {
             b.iter(|| {

@@ -309,6 +309,8 @@ pub struct Node<R: Rng> {
     next_sync: Millis,
     /// Sync exchanges in flight, by peer (one at a time per peer).
     syncing: BTreeMap<NodeId, Millis>,
+    /// Peers whose last sync answer did not fit in one message: synced again at once.
+    sync_more: BTreeSet<NodeId>,
     /// Something changed since the last `drive` (placement and reconcile must look again).
     dirty: bool,
 }
@@ -362,6 +364,7 @@ impl<R: Rng> Node<R> {
             last_sync: BTreeMap::new(),
             next_sync: Millis(0),
             syncing: BTreeMap::new(),
+            sync_more: BTreeSet::new(),
             dirty: true,
         })
     }
@@ -598,8 +601,9 @@ impl<R: Rng> Node<R> {
         match msg {
             SyncMsg::Digest(theirs) => {
                 let d = sync::differing(&sync::digest(&self.state), &theirs);
+                let start = self.rng.random_range(0..usize::MAX);
                 let (state, complete) =
-                    sync::entries_in(&self.state, &d, sync::MAX_SYNC_ENTRY_BYTES);
+                    sync::entries_in(&self.state, &d, sync::MAX_SYNC_ENTRY_BYTES, start);
                 SyncMsg::Entries {
                     state,
                     differing: d.into_iter().map(|b| b as u16).collect(),
@@ -622,9 +626,15 @@ impl<R: Rng> Node<R> {
     fn on_sync_response(&mut self, now: Millis, from: NodeId, msg: SyncMsg, out: &mut Vec<Output>) {
         match msg {
             SyncMsg::Entries {
-                state, differing, ..
+                state,
+                differing,
+                complete,
             } => {
                 self.merge_remote(now, state, out);
+                if !complete {
+                    // More to come: another round right after this one's push is acknowledged.
+                    self.sync_more.insert(from.clone());
+                }
                 let buckets: BTreeSet<usize> = differing
                     .into_iter()
                     .map(usize::from)
@@ -635,7 +645,9 @@ impl<R: Rng> Node<R> {
                     self.last_sync.insert(from, now);
                     return;
                 }
-                let (mine, _) = sync::entries_in(&self.state, &buckets, sync::MAX_SYNC_ENTRY_BYTES);
+                let start = self.rng.random_range(0..usize::MAX);
+                let (mine, _) =
+                    sync::entries_in(&self.state, &buckets, sync::MAX_SYNC_ENTRY_BYTES, start);
                 out.push(Output::SyncRequest {
                     to: from,
                     msg: SyncMsg::Push(mine),
@@ -643,11 +655,15 @@ impl<R: Rng> Node<R> {
             }
             SyncMsg::Ack => {
                 self.syncing.remove(&from);
-                self.last_sync.insert(from, now);
+                self.last_sync.insert(from.clone(), now);
+                if self.sync_more.remove(&from) {
+                    self.start_sync(now, from, out);
+                }
             }
             SyncMsg::Digest(_) | SyncMsg::Push(_) => {
                 self.counters.deltas_rejected += 1;
                 self.syncing.remove(&from);
+                self.sync_more.remove(&from);
             }
         }
     }
@@ -668,6 +684,8 @@ impl<R: Rng> Node<R> {
     /// that never finished.
     fn periodic_sync(&mut self, now: Millis, out: &mut Vec<Output>) {
         self.syncing.retain(|_, t| now.since(*t) < 10_000);
+        let syncing = &self.syncing;
+        self.sync_more.retain(|n| syncing.contains_key(n));
         if now < self.next_sync {
             return;
         }

@@ -114,36 +114,102 @@ pub fn differing(mine: &Digest, theirs: &Digest) -> BTreeSet<usize> {
 }
 
 /// The entries of `s` in `buckets`, up to `budget` encoded bytes; true if all fitted.
+///
+/// Whole buckets are sent, taken in the order of `buckets` rotated by `start`: a receiver that
+/// merges a whole bucket (and had nothing newer in it) then agrees on that bucket, so the next
+/// round no longer asks for it, and a state far larger than one message is transferred in
+/// successive rounds instead of the same first entries again and again. When not even one
+/// bucket fits, part of the first is sent, beginning at an entry chosen by `start`; callers
+/// pass a fresh random `start` each round so that repeated partial rounds cover the bucket.
 pub fn entries_in(
     s: &ClusterState,
     buckets: &BTreeSet<usize>,
     budget: usize,
+    start: usize,
 ) -> (ClusterState, bool) {
-    let mut out = ClusterState::default();
+    fn size(k: &impl Serialize, v: &impl Serialize) -> usize {
+        postcard::experimental::serialized_size(k).unwrap_or(usize::MAX / 4)
+            + postcard::experimental::serialized_size(v).unwrap_or(usize::MAX / 4)
+    }
+    // One pass: each wanted entry's bucket and size, in the state's own order.
+    let mut per_bucket = [0usize; BUCKETS];
+    let mut count = [0usize; BUCKETS];
+    macro_rules! measure {
+        ($field:ident, $tag:expr) => {
+            s.$field
+                .iter()
+                .map(|(k, v)| {
+                    let b = bucket($tag, k);
+                    if buckets.contains(&b) {
+                        per_bucket[b] = per_bucket[b].saturating_add(size(k, v));
+                        count[b] += 1;
+                        Some(b)
+                    } else {
+                        None
+                    }
+                })
+                .collect::<Vec<Option<usize>>>()
+        };
+    }
+    let services = measure!(services, SERVICES);
+    let claims = measure!(claims, CLAIMS);
+    let reports = measure!(reports, REPORTS);
+    let graveyard = measure!(graveyard, GRAVEYARD);
+    let drains = measure!(drains, DRAINS);
+
+    // Whole buckets, in rotated order, while they fit.
+    let order: Vec<usize> = buckets.iter().copied().filter(|b| *b < BUCKETS).collect();
+    let mut chosen = [false; BUCKETS];
     let mut used = 0usize;
     let mut complete = true;
+    for i in 0..order.len() {
+        let b = order[(start + i) % order.len()];
+        if used.saturating_add(per_bucket[b]) <= budget {
+            used += per_bucket[b];
+            chosen[b] = true;
+        } else {
+            complete = false;
+        }
+    }
+    // Not one whole bucket fits: part of the first, from an entry picked by `start`.
+    let partial = if used == 0 && !complete {
+        order
+            .get(start % order.len().max(1))
+            .map(|b| (*b, (start / BUCKETS) % count[*b].max(1)))
+    } else {
+        None
+    };
+
+    let mut out = ClusterState::default();
+    let mut seen = 0usize;
+    let mut budget_left = budget;
     macro_rules! take {
-        ($field:ident, $tag:expr) => {
-            for (k, v) in &s.$field {
-                if !buckets.contains(&bucket($tag, k)) {
-                    continue;
+        ($field:ident, $buckets:expr) => {
+            for ((k, v), b) in s.$field.iter().zip($buckets.iter()) {
+                let Some(b) = *b else { continue };
+                if chosen[b] {
+                    out.$field.insert(k.clone(), v.clone());
+                } else if let Some((p, skip)) = partial
+                    && p == b
+                {
+                    seen += 1;
+                    if seen <= skip {
+                        continue;
+                    }
+                    let n = size(k, v);
+                    if n <= budget_left {
+                        budget_left -= n;
+                        out.$field.insert(k.clone(), v.clone());
+                    }
                 }
-                let size = postcard::experimental::serialized_size(v).unwrap_or(usize::MAX / 2)
-                    + postcard::experimental::serialized_size(k).unwrap_or(usize::MAX / 2);
-                if used + size > budget {
-                    complete = false;
-                    continue;
-                }
-                used += size;
-                out.$field.insert(k.clone(), v.clone());
             }
         };
     }
-    take!(services, SERVICES);
-    take!(claims, CLAIMS);
-    take!(reports, REPORTS);
-    take!(graveyard, GRAVEYARD);
-    take!(drains, DRAINS);
+    take!(services, services);
+    take!(claims, claims);
+    take!(reports, reports);
+    take!(graveyard, graveyard);
+    take!(drains, drains);
     (out, complete)
 }
 
@@ -187,10 +253,10 @@ mod tests {
         let mut b = with_services(30, "b");
         // Request from a, response from b, push from a.
         let d = differing(&digest(&b), &digest(&a));
-        let (from_b, complete) = entries_in(&b, &d, MAX_SYNC_ENTRY_BYTES);
+        let (from_b, complete) = entries_in(&b, &d, MAX_SYNC_ENTRY_BYTES, 0);
         assert!(complete);
         a.merge(&from_b);
-        let (from_a, _) = entries_in(&a, &d, MAX_SYNC_ENTRY_BYTES);
+        let (from_a, _) = entries_in(&a, &d, MAX_SYNC_ENTRY_BYTES, 0);
         b.merge(&from_a);
         assert_eq!(a, b);
         assert_eq!(a.digest(), b.digest());
@@ -200,7 +266,7 @@ mod tests {
     fn a_small_budget_sends_part_and_says_so() {
         let s = with_services(100, "a");
         let all: BTreeSet<usize> = (0..BUCKETS).collect();
-        let (part, complete) = entries_in(&s, &all, 2_000);
+        let (part, complete) = entries_in(&s, &all, 2_000, 0);
         assert!(!complete);
         assert!(!part.services.is_empty() && part.services.len() < 100);
     }
@@ -218,5 +284,40 @@ mod tests {
             .len(),
             BUCKETS
         );
+    }
+
+    /// A state many times larger than one message still transfers completely, round after
+    /// round, even when every bucket differs and no bucket fits whole.
+    fn rounds_until_equal(source: &ClusterState, budget: usize) -> usize {
+        let mut dest = ClusterState::default();
+        let mut seed = 0x9e37_79b9usize;
+        for round in 1..=2_000 {
+            let d = differing(&digest(&dest), &digest(source));
+            if d.is_empty() {
+                return round - 1;
+            }
+            seed = seed
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            let (part, _) = entries_in(source, &d, budget, seed >> 7);
+            dest.merge(&part);
+        }
+        panic!("no convergence within 2,000 rounds at budget {budget}");
+    }
+
+    #[test]
+    fn a_large_state_transfers_in_successive_rounds() {
+        let s = with_services(2_000, "a");
+        let one_round = entries_in(&s, &(0..BUCKETS).collect(), usize::MAX, 0).0;
+        let total = postcard::to_stdvec(&one_round).unwrap().len();
+        // Whole buckets fit: about total / budget rounds.
+        let rounds = rounds_until_equal(&s, total / 10);
+        assert!(
+            rounds <= 15,
+            "{rounds} rounds for a tenth of the state per round"
+        );
+        // Not even one bucket fits whole: partial rounds from random starts still get there.
+        let rounds = rounds_until_equal(&s, total / 200);
+        assert!(rounds < 2_000);
     }
 }

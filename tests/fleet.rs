@@ -500,3 +500,58 @@ fn a_crash_looping_instance_is_released_and_moves_to_another_node() {
     );
     assert_ne!(first, second);
 }
+
+#[test]
+fn a_node_that_restarts_with_every_peer_unreachable_brings_its_instances_back() {
+    let _g = serial();
+    let mut f = Fleet::start(2, &[]);
+    let svc = unique("offline");
+    let spec = spec_file(
+        f.root.path(),
+        &svc,
+        &format!(
+            "name: {svc}\ncommand: [sleep, '100000']\nreplicas: 2\nresources: {{cpu: 10m, memory: 8Mi}}\n"
+        ),
+    );
+    f.agents[0].ok(&["deploy", "-f", &spec]);
+    let b = f.id(1);
+    wait_for("one instance on each node", Duration::from_secs(60), || {
+        let rows = f.ps(0, &svc);
+        (rows.len() == 2
+            && rows.iter().all(|r| r["state"] == "running")
+            && rows.iter().any(|r| r["node"] == b.as_str()))
+        .then_some(())
+    });
+    let old = f.agents[1].instance_pids();
+    assert_eq!(old.len(), 1, "node 1 runs one instance: {old:?}");
+    // What a node learns from peers is fsync'd within a second (API writes before their ack).
+    std::thread::sleep(Duration::from_millis(1_500));
+    // Power loss of node 1 (agent and instance), and node 0 gone too: no peer to ask.
+    f.agents[1].kill9();
+    kill_all(&old);
+    f.agents[0].kill9();
+    f.agents[1].start();
+    // From its own store alone, node 1 starts its instance again.
+    let new = wait_for(
+        "node 1's instance running again from its stored state",
+        Duration::from_secs(30),
+        || {
+            let pids: Vec<u32> = f.agents[1]
+                .instance_pids()
+                .into_iter()
+                .filter(|p| alive(*p) && !old.contains(p))
+                .collect();
+            (pids.len() == 1).then_some(pids)
+        },
+    );
+    let st = f.agents[1].json(&["status"]);
+    assert_eq!(st["services"], 1, "status: {st}");
+    // The fleet comes back: they merge and still run exactly two.
+    f.agents[0].start();
+    f.wait_same_digest();
+    wait_for("exactly two instances", Duration::from_secs(30), || {
+        let procs = instance_processes(&svc);
+        (procs.len() == 2).then_some(())
+    });
+    assert!(alive(new[0]), "the instance started offline kept running");
+}

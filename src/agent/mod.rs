@@ -186,6 +186,9 @@ struct Shell {
     next_id: u64,
     /// Gossip and sync messages this shell could not decode.
     undecodable: u64,
+    /// Since when changes learned from peers (or decided here without an API write) have been
+    /// committed without fsync: they are made durable within `NONDURABLE_MAX`.
+    nondurable_since: Option<std::time::Instant>,
     test_faults: Option<TestFaults>,
     test_faults_allowed: bool,
     bugs: TestBugs,
@@ -194,6 +197,8 @@ struct Shell {
 
 /// Largest gossip message this node publishes or accepts (gossipsub's own limit is 64 KiB).
 const MAX_GOSSIP_BYTES: usize = 60 * 1024;
+/// The longest a change stays committed without fsync (see `nondurable_since`).
+const NONDURABLE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
 /// Largest sync message accepted.
 const MAX_SYNC_BYTES: usize = 1 << 20;
 
@@ -326,6 +331,7 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         sync_resp_tx,
         next_id: 0,
         undecodable: 0,
+        nondurable_since: None,
         test_faults: None,
         test_faults_allowed: cfg.test_faults,
         bugs,
@@ -573,7 +579,23 @@ impl Shell {
                 }
             }
         }
-        if !job.entries.is_empty() || !job.acks.is_empty() {
+        // State learned from peers and this node's own claims are committed without fsync, but
+        // not for long: a node that loses power must come back with what it knew a moment ago,
+        // or it cannot restart its instances while every peer is out of reach.
+        if job.durable {
+            self.nondurable_since = None;
+        } else if !job.entries.is_empty() {
+            self.nondurable_since
+                .get_or_insert_with(std::time::Instant::now);
+        }
+        if self
+            .nondurable_since
+            .is_some_and(|t| t.elapsed() >= NONDURABLE_MAX)
+        {
+            job.durable = true;
+            self.nondurable_since = None;
+        }
+        if !job.entries.is_empty() || !job.acks.is_empty() || job.durable {
             // Waits only when the writer is a whole queue behind (back-pressure, never loss).
             if self.writer.send(job).await.is_err() {
                 error!("the store writer stopped; writes are no longer persisted");

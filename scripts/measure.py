@@ -9,8 +9,11 @@ Sections:
   kill    kill -9 -> down on every survivor, and -> replacement running (p50/p99), 5 agents
   idle    idle control-plane bytes per second per node, RSS and CPU per agent, 5 and 20 agents
   writes  write -> visible on all 5 nodes (p50/p99) and bytes on the wire per write
+  placement  1,000 replicas over 5 agents (and over 1 as a baseline) -> all running in `ps`,
+          what really runs (instances in /proc per node), agent CPU and RSS; bids per placed
+          slot with 5 and 20 agents; each with `--profile lan` and `wan` (--place-profiles)
 """
-import argparse, json, os, shutil, signal, socket, subprocess, sys, tempfile, time
+import argparse, collections, json, os, shutil, signal, socket, subprocess, sys, tempfile, threading, time
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 SHOAL = os.environ.get("SHOAL", os.path.join(ROOT, "target", "release", "shoal"))
@@ -29,7 +32,8 @@ def pct(xs, p):
 
 
 class Agent:
-    def __init__(self, root, name, key, seed=None, extra=()):
+    def __init__(self, root, name, key, seed=None, extra=(), env=None):
+        self.env = env
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.api = f"127.0.0.1:{free_port()}"
@@ -44,7 +48,8 @@ class Agent:
         if self.seed:
             args += ["--seed", self.seed]
         self.proc = subprocess.Popen(args, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
-                                     stdin=subprocess.DEVNULL)
+                                     stdin=subprocess.DEVNULL,
+                                     env=None if self.env is None else {**os.environ, **self.env})
         deadline = time.time() + 30
         while time.time() < deadline:
             if self.q("status") is not None:
@@ -90,23 +95,33 @@ class Agent:
             if line.startswith("VmRSS:"):
                 return int(line.split()[1])
 
+    def hwm_kib(self):
+        """Peak RSS of the agent process so far (VmHWM)."""
+        for line in open(f"/proc/{self.proc.pid}/status"):
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1])
+
     def cpu_ticks(self):
         f = open(f"/proc/{self.proc.pid}/stat").read().rsplit(")", 1)[1].split()
         return int(f[11]) + int(f[12])
 
 
 class Fleet:
-    def __init__(self, n, extra=()):
+    def __init__(self, n, extra=(), env=None):
         self.root = tempfile.mkdtemp(prefix="shoal-measure-")
         self.key = os.path.join(self.root, "cluster.key")
         subprocess.run([SHOAL, "keygen", "--out", self.key], check=True, capture_output=True)
         self.agents = []
-        for i in range(n):
-            seed = self.agents[0].p2p if self.agents else None
-            a = Agent(self.root, f"n{i}", self.key, seed, extra)
-            a.start()
-            self.agents.append(a)
-        self.wait_alive(n)
+        try:
+            for i in range(n):
+                seed = self.agents[0].p2p if self.agents else None
+                a = Agent(self.root, f"n{i}", self.key, seed, extra, env)
+                self.agents.append(a)
+                a.start()
+            self.wait_alive(n)
+        except BaseException:
+            self.close()
+            raise
 
     def wait_alive(self, n, timeout=60):
         deadline = time.time() + timeout
@@ -336,12 +351,266 @@ def docker(report, trials=10):
         shutil.rmtree(root, ignore_errors=True)
 
 
+# Capacity each agent claims in the placement section: 1,000 slots of 1m / 1Mi fit on any one.
+PLACE_CAPACITY = ("--cpu", "4", "--memory", "4Gi")
+
+
+def service_pids(service):
+    """PIDs (of processes we may read) whose environment carries SHOAL_SERVICE=<service>: the
+    process driver sets it on every instance."""
+    needle = b"\0SHOAL_SERVICE=" + service.encode() + b"\0"
+    pids = []
+    for d in os.listdir("/proc"):
+        if not d.isdigit():
+            continue
+        try:
+            env = open(f"/proc/{d}/environ", "rb").read()
+        except OSError:
+            continue
+        if needle in b"\0" + env:
+            pids.append(int(d))
+    return pids
+
+
+def ppid(pid):
+    try:
+        return int(open(f"/proc/{pid}/stat").read().rsplit(")", 1)[1].split()[1])
+    except (OSError, IndexError, ValueError):
+        return None
+
+
+def reap_service(service, timeout=120):
+    """Waits for the instances of a removed service to go; SIGKILLs what is left after
+    `timeout`. Returns (seconds waited, instances that had to be killed)."""
+    t0 = time.time()
+    while service_pids(service) and time.time() - t0 < timeout:
+        time.sleep(0.5)
+    left = service_pids(service)
+    for p in left:
+        try:
+            os.kill(p, signal.SIGKILL)
+        except OSError:
+            pass
+    return time.time() - t0, len(left)
+
+
+def fleet_counters(f, keys=("bids_sent", "bids_received", "claims_won")):
+    tot = dict.fromkeys(keys, 0)
+    for a in f.agents:
+        c = (a.q("status") or {}).get("counters", {})
+        for k in keys:
+            tot[k] += c.get(k, 0)
+    return tot
+
+
+def log_count(f, text):
+    return sum(open(a.log, errors="replace").read().count(text) for a in f.agents)
+
+
+def bid_batches(log):
+    """Bid broadcasts in an agent log at `shoal::node=debug`, counted as runs of consecutive
+    `bid` lines: one auction round logs its bids back to back and broadcasts them as one message,
+    so this is a lower bound (two rounds with no other node line between count as one)."""
+    runs, prev = 0, False
+    for line in open(log, errors="replace"):
+        if "shoal::node" not in line:
+            continue
+        is_bid = " bid slot=" in line
+        if is_bid and not prev:
+            runs += 1
+        prev = is_bid
+    return runs
+
+
+def place_many(replicas, n, profile, timeout=300, settle=60):
+    """`replicas` slots of a tiny `sleep` service over `n` agents: deploy returned -> `shoal ps`
+    on the deploying node shows every slot running; then what really runs (instances found in
+    /proc by SHOAL_SERVICE, by parent agent). Returns a dict of figures."""
+    name = f"place-{profile}-{os.getpid()}"
+    f = Fleet(n, PLACE_CAPACITY + ("--profile", profile))
+    stop = threading.Event()
+    rss_max = [0] * n
+    sampler = None
+    res = {"profile": profile, "n": n}
+    try:
+        a0 = f.agents[0]
+        time.sleep(3)
+        res["rss_before"] = [a.rss_kib() for a in f.agents]
+
+        def sample():
+            while not stop.is_set():
+                for i, a in enumerate(f.agents):
+                    try:
+                        rss_max[i] = max(rss_max[i], a.rss_kib() or 0)
+                    except Exception:
+                        pass
+                stop.wait(0.1)
+
+        sampler = threading.Thread(target=sample, daemon=True)
+        sampler.start()
+        c0 = fleet_counters(f)
+        cpu0 = [a.cpu_ticks() for a in f.agents]
+        downs0 = log_count(f, "member down")
+        p = spec(f.root, name, replicas, cpu="1m", mem="1Mi")
+        td = time.time()
+        r = a0.q("deploy", "-f", p)
+        t0 = time.time()
+        res["deploy_ms"] = (t0 - td) * 1000
+        if r is None:
+            raise RuntimeError(f"deploy of {replicas} replicas failed")
+        res["placed"] = res["half"] = res["done"] = None
+        rows, polls = [], []
+        while time.time() - t0 < timeout:
+            tq = time.time()
+            rows = a0.q("ps", name) or []
+            now = time.time()
+            polls.append(now - tq)
+            if res["placed"] is None and len(rows) == replicas and all(x["node"] for x in rows):
+                res["placed"] = now - t0
+            nrun = sum(1 for x in rows if x["state"] == "running")
+            if res["half"] is None and nrun >= replicas // 2:
+                res["half"] = now - t0
+            if len(rows) == replicas and nrun == replicas:
+                res["done"] = now - t0
+                break
+            time.sleep(0.2)
+        res["ps_running"] = sum(1 for x in rows if x["state"] == "running")
+        res["poll_p50"], res["poll_max"] = pct(polls, 50), max(polls)
+        # What really runs: instances in /proc, by the agent that started them. Give the fleet
+        # `settle` seconds to get down to exactly `replicas` if it is not there yet.
+        t1 = time.time()
+        while True:
+            pids = service_pids(name)
+            if len(pids) == replicas or time.time() - t1 >= settle:
+                break
+            time.sleep(2)
+        res["settle"] = time.time() - t1
+        res["instances"] = len(pids)
+        by_pid = {a.proc.pid: f"n{i}" for i, a in enumerate(f.agents)}
+        res["per_node"] = collections.Counter(by_pid.get(ppid(p), "other") for p in pids)
+        res["wall"] = time.time() - t0
+        stop.set(); sampler.join()
+        c1 = fleet_counters(f)
+        res["counters"] = {k: c1[k] - c0[k] for k in c0}
+        res["cpu_s"] = [(a.cpu_ticks() - x) / os.sysconf("SC_CLK_TCK") for a, x in zip(f.agents, cpu0)]
+        res["downs"] = log_count(f, "member down") - downs0
+        res["rss_max"] = rss_max
+        res["hwm"] = [a.hwm_kib() for a in f.agents]
+        a0.q("rm", name)
+        res["rm_s"], res["rm_killed"] = reap_service(name, timeout=60)
+        for a in f.agents:
+            a.stop()
+    finally:
+        stop.set()
+        if sampler is not None:
+            sampler.join()
+        f.close()
+        _, killed = reap_service(name, timeout=0)
+        if killed:
+            print(f"placement: killed {killed} leftover instances of {name}", file=sys.stderr)
+    return res
+
+
+def place_report(report, replicas, runs):
+    def t(x):
+        return "not reached" if x is None else f"{x:.1f} s"
+
+    def mib(xs):
+        return f"{min(xs)/1024:.0f}-{max(xs)/1024:.0f} MiB"
+
+    report.append(f"### Placement: {replicas} replicas in one deploy, process driver\n")
+    report.append(f"Spec `command: [sleep, '100000']`, `resources: {{cpu: 1m, memory: 1Mi}}`, `replicas: {replicas}`; "
+                  f"agents started with `{' '.join(PLACE_CAPACITY)} --profile P`. Times from the deploy command "
+                  f"returning; `shoal ps SERVICE -o json` polled on the deploying node every 200 ms plus the "
+                  f"poll itself. \"Instances in /proc\" counts processes whose environment has the service's "
+                  f"SHOAL_SERVICE, by parent agent, after `ps` showed all running (or gave up), waiting up to "
+                  f"60 s for the count to reach {replicas}.\n")
+    report.append("| figure | " + " | ".join(f"{r['n']} agent{'s' if r['n'] > 1 else ''}, `--profile {r['profile']}`" for r in runs) + " |")
+    report.append("| --- |" + " --- |" * len(runs))
+    rows = [
+        ("deploy command (write acknowledged)", lambda r: f"{r['deploy_ms']:.0f} ms"),
+        ("-> every slot has an owner in `ps`", lambda r: t(r["placed"])),
+        (f"-> {replicas // 2} running in `ps`", lambda r: t(r["half"])),
+        (f"-> all {replicas} running in `ps`", lambda r: t(r["done"]) if r["done"] is not None else f"not reached ({r['ps_running']} running)"),
+        ("one `ps` poll, p50 / max", lambda r: f"{r['poll_p50']*1000:.0f} ms / {r['poll_max']*1000:.0f} ms"),
+        ("instances in /proc at the end", lambda r: f"{r['instances']} (after {r['settle']:.0f} s more)"),
+        ("instances per node", lambda r: ", ".join(f"{k} {v}" for k, v in sorted(r["per_node"].items())) or "none"),
+        ("`member down` events logged (all agents)", lambda r: str(r["downs"])),
+        ("agent CPU during the run (per agent)", lambda r: ", ".join(f"{x:.1f}" for x in r["cpu_s"]) + f" s over {r['wall']:.0f} s"),
+        ("agent RSS before the deploy", lambda r: mib(r["rss_before"])),
+        ("agent RSS max during the run (sampled every 0.1 s)", lambda r: mib(r["rss_max"])),
+        ("agent peak RSS (VmHWM) at the end", lambda r: mib(r["hwm"])),
+        ("bids sent / received / claims won (all nodes)", lambda r: "{bids_sent} / {bids_received} / {claims_won}".format(**r["counters"])),
+        ("bids sent per slot", lambda r: f"{r['counters']['bids_sent']/replicas:.2f}"),
+        ("`shoal rm` -> no instance left (SIGKILLed after 60 s)", lambda r: f"{r['rm_s']:.1f} s, {r['rm_killed']} killed"),
+    ]
+    for label, fn in rows:
+        report.append(f"| {label} | " + " | ".join(fn(r) for r in runs) + " |")
+    report.append("")
+
+
+def bid_cost(report, sizes, profiles, replicas=100, timeout=120):
+    """Bids per placed slot: one service of `replicas` slots on a fresh fleet of each size,
+    counters of every node summed before and after. Agents log `shoal::node` at debug so the
+    bid broadcasts can be counted from their logs (the counters count bids, not messages)."""
+    report.append(f"### Bids per placed slot, {replicas} replicas in one deploy\n")
+    report.append("`bids_sent`, `bids_received` and `claims_won` are summed over every node's "
+                  "`shoal status -o json` counters (after minus before the deploy, read 3 s after "
+                  "`ps` showed every slot running). The counters count bids, not bid messages; bid "
+                  "broadcasts are counted from the agents' `shoal::node=debug` logs as runs of "
+                  "consecutive `bid` lines (a lower bound). Instances in /proc as above.\n")
+    report.append("| agents | profile | deploy -> all running in `ps` | bids sent per slot | bid broadcasts per slot "
+                  "| bids received per slot (all nodes) | claims won per slot | `member down` events | instances in /proc "
+                  "|\n| --- | --- | --- | --- | --- | --- | --- | --- | --- |")
+    for profile in profiles:
+        for n in sizes:
+            name = f"bids{n}-{profile}-{os.getpid()}"
+            f = Fleet(n, PLACE_CAPACITY + ("--profile", profile), env={"SHOAL_LOG": "info,shoal::node=debug"})
+            try:
+                a0 = f.agents[0]
+                time.sleep(3)
+                c0 = fleet_counters(f)
+                b0 = sum(bid_batches(a.log) for a in f.agents)
+                d0 = log_count(f, "member down")
+                a0.q("deploy", "-f", spec(f.root, name, replicas, cpu="1m", mem="1Mi"))
+                t0 = time.time(); done = None
+                while time.time() - t0 < timeout:
+                    rows = a0.q("ps", name) or []
+                    if len(rows) == replicas and all(x["state"] == "running" for x in rows):
+                        done = time.time() - t0; break
+                    time.sleep(0.1)
+                time.sleep(3)
+                c1 = fleet_counters(f)
+                b1 = sum(bid_batches(a.log) for a in f.agents)
+                d = {k: c1[k] - c0[k] for k in c0}
+                inst = len(service_pids(name))
+                report.append(f"| {n} | {profile} | {'%.1f s' % done if done is not None else f'not reached in {timeout} s'} "
+                              f"| {d['bids_sent']/replicas:.2f} | {(b1-b0)/replicas:.2f} "
+                              f"| {d['bids_received']/replicas:.2f} | {d['claims_won']/replicas:.2f} "
+                              f"| {log_count(f, 'member down') - d0} | {inst} |")
+                a0.q("rm", name)
+                reap_service(name, timeout=60)
+            finally:
+                f.close()
+                reap_service(name, timeout=0)
+    report.append("")
+
+
+def placement(report, replicas, sizes, profiles):
+    # One agent alone first: what placing and starting costs a node without a fleet around it.
+    runs = [place_many(replicas, 1, profiles[0])] + [place_many(replicas, 5, p) for p in profiles]
+    place_report(report, replicas, runs)
+    bid_cost(report, sizes, profiles)
+
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="single,kill,idle,writes,docker")
+    ap.add_argument("--only", default="single,kill,idle,writes,docker,placement")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--writes", type=int, default=100)
     ap.add_argument("--idle-sizes", default="5,20")
+    ap.add_argument("--place-replicas", type=int, default=1000)
+    ap.add_argument("--bid-sizes", default="5,20")
+    ap.add_argument("--place-profiles", default="lan,wan")
     args = ap.parse_args()
     if not os.path.exists(SHOAL):
         sys.exit(f"no binary at {SHOAL}: cargo build --release first (or set SHOAL)")
@@ -352,6 +621,8 @@ def main():
     if "idle" in only: idle(report, [int(x) for x in args.idle_sizes.split(",")])
     if "writes" in only: writes(report, args.writes)
     if "docker" in only: docker(report)
+    if "placement" in only: placement(report, args.place_replicas, [int(x) for x in args.bid_sizes.split(",")],
+                                         args.place_profiles.split(","))
     print("\n".join(report))
 
 

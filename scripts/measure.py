@@ -32,8 +32,9 @@ def pct(xs, p):
 
 
 class Agent:
-    def __init__(self, root, name, key, seed=None, extra=(), env=None):
+    def __init__(self, root, name, key, seed=None, extra=(), env=None, runtime="process"):
         self.env = env
+        self.runtime = runtime
         self.dir = os.path.join(root, name)
         os.makedirs(self.dir, exist_ok=True)
         self.api = f"127.0.0.1:{free_port()}"
@@ -44,7 +45,7 @@ class Agent:
 
     def start(self):
         args = [SHOAL, "agent", "--data-dir", self.dir, "--api", self.api, "--listen", self.p2p,
-                "--runtime", "process", "--cluster-key", self.key] + self.extra
+                "--runtime", self.runtime, "--cluster-key", self.key] + self.extra
         if self.seed:
             args += ["--seed", self.seed]
         self.proc = subprocess.Popen(args, stdout=open(self.log, "a"), stderr=subprocess.STDOUT,
@@ -107,7 +108,7 @@ class Agent:
 
 
 class Fleet:
-    def __init__(self, n, extra=(), env=None):
+    def __init__(self, n, extra=(), env=None, runtime="process"):
         self.root = tempfile.mkdtemp(prefix="shoal-measure-")
         self.key = os.path.join(self.root, "cluster.key")
         subprocess.run([SHOAL, "keygen", "--out", self.key], check=True, capture_output=True)
@@ -115,7 +116,7 @@ class Fleet:
         try:
             for i in range(n):
                 seed = self.agents[0].p2p if self.agents else None
-                a = Agent(self.root, f"n{i}", self.key, seed, extra, env)
+                a = Agent(self.root, f"n{i}", self.key, seed, extra, env, runtime)
                 self.agents.append(a)
                 a.start()
             self.wait_alive(n)
@@ -192,11 +193,29 @@ def single(report):
         f.close()
 
 
-def kills(report, trials):
-    f = Fleet(5)
+def docker_containers(node_id, all_states=False):
+    out = subprocess.run(["docker", "ps", "-q"] + (["-a"] if all_states else [])
+                         + ["--filter", f"label=shoal.node={node_id}"],
+                         capture_output=True, text=True).stdout.split()
+    return out
+
+
+def kills(report, trials, runtime="process"):
+    img = "shoal-test/busybox:1"
+    if runtime == "docker" and subprocess.run(["docker", "image", "inspect", img],
+                                              capture_output=True).returncode != 0:
+        report.append(f"### kill -9, docker driver\n\nnot measured: image {img} missing (run the docker tests first)\n")
+        return
+    f = Fleet(5, runtime=runtime)
+    ids = []
     try:
         a0 = f.agents[0]
-        a0.q("deploy", "-f", spec(f.root, "move", 10))
+        if runtime == "docker":
+            path = os.path.join(f.root, "move.yaml")
+            open(path, "w").write(f"name: move\nimage: {img}\ncommand: [sleep, '100000']\nreplicas: 10\nresources: {{cpu: 10m, memory: 16Mi}}\n")
+            a0.q("deploy", "-f", path)
+        else:
+            a0.q("deploy", "-f", spec(f.root, "move", 10))
         downs, repl = [], []
         ids = [a.q("status")["node"] for a in f.agents]
         for t in range(trials):
@@ -213,6 +232,10 @@ def kills(report, trials):
             for p in victim.instance_pids():
                 try: os.kill(p, signal.SIGKILL)
                 except OSError: pass
+            if runtime == "docker":
+                cs = docker_containers(ids[v])
+                if cs:
+                    subprocess.run(["docker", "kill"] + cs, capture_output=True)
             t0 = time.time(); down = None; rep = None
             while time.time() - t0 < 60 and (down is None or rep is None):
                 if down is None:
@@ -231,12 +254,17 @@ def kills(report, trials):
             if rep is not None and hosting: repl.append(rep)
             victim.start()
             f.wait_alive(5)
-        report.append("### kill -9 of an agent, 5 agents, LAN profile (issues 3 and 6)\n")
+        report.append(f"### kill -9 of an agent, 5 agents, LAN profile, {runtime} driver (issues 3 and 6)\n")
         report.append("| figure | p50 | p99 | trials |\n| --- | --- | --- | --- |")
         report.append(f"| kill -9 -> `down` on every survivor | {pct(downs,50):.2f} s | {pct(downs,99):.2f} s | {len(downs)} |")
         report.append(f"| kill -9 (agent and its instances) -> all 10 replicas running on survivors | {pct(repl,50):.2f} s | {pct(repl,99):.2f} s | {len(repl)} |\n")
     finally:
         f.close()
+        if runtime == "docker":
+            for i in ids:
+                cs = docker_containers(i, all_states=True)
+                if cs:
+                    subprocess.run(["docker", "rm", "-f"] + cs, capture_output=True)
 
 
 def idle(report, sizes):
@@ -604,7 +632,7 @@ def placement(report, replicas, sizes, profiles):
 
 def main():
     ap = argparse.ArgumentParser()
-    ap.add_argument("--only", default="single,kill,idle,writes,docker,placement")
+    ap.add_argument("--only", default="single,kill,kill-docker,idle,writes,docker,placement")
     ap.add_argument("--kills", type=int, default=20)
     ap.add_argument("--writes", type=int, default=100)
     ap.add_argument("--idle-sizes", default="5,20")
@@ -618,6 +646,7 @@ def main():
     only = args.only.split(",")
     if "single" in only: single(report)
     if "kill" in only: kills(report, args.kills)
+    if "kill-docker" in only: kills(report, args.kills, runtime="docker")
     if "idle" in only: idle(report, [int(x) for x in args.idle_sizes.split(",")])
     if "writes" in only: writes(report, args.writes)
     if "docker" in only: docker(report)

@@ -479,7 +479,7 @@ impl<R: Rng> Node<R> {
                     &self.reconciler,
                     &self.handovers,
                     Fence {
-                        minority_since: self.minority_since,
+                        fenced: self.fenced(now),
                         vouched: &self.vouched,
                     },
                     now,
@@ -1000,7 +1000,7 @@ impl<R: Rng> Node<R> {
             &self.reconciler,
             &self.handovers,
             Fence {
-                minority_since: self.minority_since,
+                fenced: self.fenced(now),
                 vouched: &self.vouched,
             },
             now,
@@ -1060,7 +1060,7 @@ impl<R: Rng> Node<R> {
         if !fenced && !listed {
             return;
         }
-        let mine: Vec<(SlotId, u64)> = self
+        let mine: BTreeSet<(SlotId, u64)> = self
             .state
             .claims
             .iter()
@@ -1974,7 +1974,8 @@ fn find_revision<'a>(
 /// What `desired` needs to keep `partition: majority` instances fenced.
 #[derive(Clone, Copy)]
 struct Fence<'a> {
-    minority_since: Option<Millis>,
+    /// `Node::fenced`: in a minority for longer than the lease.
+    fenced: bool,
     vouched: &'a BTreeMap<(SlotId, u64), Millis>,
 }
 
@@ -1991,13 +1992,8 @@ fn desired<'a>(
     fence: Fence<'_>,
     now: Millis,
 ) -> BTreeMap<SlotId, Desired<'a>> {
-    let Fence {
-        minority_since,
-        vouched,
-    } = fence;
+    let Fence { fenced, vouched } = fence;
     let mut d = BTreeMap::new();
-    let fenced =
-        !cfg.bugs.no_fence && minority_since.is_some_and(|s| now.since(s) >= cfg.timing.lease_ms);
     for (slot, c) in &state.claims {
         if c.node != cfg.id || c.released {
             continue;

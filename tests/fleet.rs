@@ -141,13 +141,7 @@ fn a_write_on_one_node_reaches_all_five_with_identical_digests_and_survives_a_re
     let _g = serial();
     let mut f = Fleet::start(5, &[]);
     let svc = unique("repl");
-    let spec = spec_file(
-        f.root.path(),
-        &svc,
-        &format!(
-            "name: {svc}\ncommand: [sleep, '100000']\nreplicas: 2\nresources: {{cpu: 10m, memory: 8Mi}}\n"
-        ),
-    );
+    let spec = sleep_service(f.root.path(), &svc, 2, "");
     f.agents[0].ok(&["deploy", "-f", &spec]);
     f.wait_same_digest();
     for i in 0..5 {
@@ -177,13 +171,8 @@ fn concurrent_deploys_of_one_service_converge_to_one_winner_with_both_in_history
     let svc = unique("race");
     let ids: Vec<String> = (0..3).map(|i| f.id(i)).collect();
     // Cut node 0 and node 1 from each other so their writes are truly concurrent.
-    let cut = |i: usize, other: &str| {
-        let token = std::fs::read_to_string(f.agents[i].dir.join("api-token")).unwrap();
-        let body = format!("{{\"blocked\": [\"{other}\"]}}");
-        http_post(&f.agents[i].api, "/v1/test/faults", &token, &body)
-    };
-    assert!(cut(0, &ids[1]).starts_with("HTTP/1.1 200"));
-    assert!(cut(1, &ids[0]).starts_with("HTTP/1.1 200"));
+    faults(&f, 0, &format!("{{\"blocked\": [\"{}\"]}}", ids[1]));
+    faults(&f, 1, &format!("{{\"blocked\": [\"{}\"]}}", ids[0]));
     let a = spec_file(
         f.root.path(),
         "a",
@@ -202,11 +191,7 @@ fn concurrent_deploys_of_one_service_converge_to_one_winner_with_both_in_history
     f.agents[1].ok(&["deploy", "-f", &b]);
     // Heal.
     for i in 0..2 {
-        let token = std::fs::read_to_string(f.agents[i].dir.join("api-token")).unwrap();
-        assert!(
-            http_post(&f.agents[i].api, "/v1/test/faults", &token, "{}")
-                .starts_with("HTTP/1.1 200")
-        );
+        faults(&f, i, "{}");
     }
     f.wait_same_digest();
     let mut winners = BTreeSet::new();
@@ -402,13 +387,7 @@ fn a_majority_singleton_cut_off_in_a_minority_moves_to_the_majority_and_never_ru
     let _g = serial();
     let f = Fleet::start(5, &["--test-faults"]);
     let svc = unique("single");
-    let spec = spec_file(
-        f.root.path(),
-        &svc,
-        &format!(
-            "name: {svc}\ncommand: [sleep, '100000']\nreplicas: 1\npartition: majority\nresources: {{cpu: 10m, memory: 8Mi}}\n"
-        ),
-    );
+    let spec = sleep_service(f.root.path(), &svc, 1, "partition: majority\n");
     f.agents[0].ok(&["deploy", "-f", &spec]);
     let first = wait_for("the singleton running", Duration::from_secs(60), || {
         let procs = instance_processes(&svc);
@@ -506,13 +485,7 @@ fn a_node_that_restarts_with_every_peer_unreachable_brings_its_instances_back() 
     let _g = serial();
     let mut f = Fleet::start(2, &[]);
     let svc = unique("offline");
-    let spec = spec_file(
-        f.root.path(),
-        &svc,
-        &format!(
-            "name: {svc}\ncommand: [sleep, '100000']\nreplicas: 2\nresources: {{cpu: 10m, memory: 8Mi}}\n"
-        ),
-    );
+    let spec = sleep_service(f.root.path(), &svc, 2, "");
     f.agents[0].ok(&["deploy", "-f", &spec]);
     let b = f.id(1);
     wait_for("one instance on each node", Duration::from_secs(60), || {

@@ -453,6 +453,18 @@ pub fn spec_file(dir: &Path, name: &str, body: &str) -> String {
     p.display().to_string()
 }
 
+/// Writes the spec of a `sleep` service with `replicas` small replicas (10m CPU, 8Mi), plus
+/// `extra` YAML lines, and returns its path.
+pub fn sleep_service(dir: &Path, name: &str, replicas: u32, extra: &str) -> String {
+    spec_file(
+        dir,
+        name,
+        &format!(
+            "name: {name}\ncommand: [sleep, '100000']\nreplicas: {replicas}\nresources: {{cpu: 10m, memory: 8Mi}}\n{extra}"
+        ),
+    )
+}
+
 /// A plain HTTP/1.1 POST with a bearer token to 127.0.0.1; returns the whole response.
 pub fn http_post(api: &str, path: &str, token: &str, body: &str) -> String {
     use std::io::{Read, Write};

@@ -48,10 +48,24 @@ pub fn run(args: config::AgentArgs) -> anyhow::Result<()> {
     init_logging(cfg.log_format);
     let rt = tokio::runtime::Builder::new_multi_thread()
         .worker_threads(2)
+        .thread_name("shoal-core")
         .enable_all()
         .build()
         .context("cannot start the async runtime")?;
-    rt.block_on(agent_main(cfg))
+    // Driver calls (fork and exec, instance records, the docker API) run on a runtime of their
+    // own: a burst of starts blocks its threads, never the ones that answer SWIM probes. On a
+    // shared runtime, 1,000 starts at once kept the node loop from probing for seconds and every
+    // node of a 5-node fleet declared every other down.
+    let drivers_rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .thread_name("shoal-drivers")
+        .enable_all()
+        .build()
+        .context("cannot start the drivers' async runtime")?;
+    let result = rt.block_on(agent_main(cfg, drivers_rt.handle().clone()));
+    drop(rt);
+    drivers_rt.shutdown_timeout(Duration::from_secs(2));
+    result
 }
 
 fn init_logging(format: LogFormat) {
@@ -199,10 +213,12 @@ struct Shell {
 const MAX_GOSSIP_BYTES: usize = 60 * 1024;
 /// The longest a change stays committed without fsync (see `nondurable_since`).
 const NONDURABLE_MAX: std::time::Duration = std::time::Duration::from_secs(1);
+/// Inputs taken in one turn of the agent loop before placement and reconcile run.
+const MAX_BATCH: usize = 256;
 /// Largest sync message accepted.
 const MAX_SYNC_BYTES: usize = 1 << 20;
 
-async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
+async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> anyhow::Result<()> {
     let clock = Clock::new(cfg.test_clock_offset_ms);
     create_private_dir(&cfg.data_dir)?;
     let bugs = match std::env::var("SHOAL_TEST_BUGS") {
@@ -262,7 +278,14 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         cluster: cluster_id.clone(),
         node: me.clone(),
     };
-    let drivers = Drivers::detect(&cfg, owner, advertise_host(&advertised)).await?;
+    let drivers = {
+        let cfg = cfg.clone();
+        let host = advertise_host(&advertised);
+        drivers_rt
+            .spawn(async move { Drivers::detect(&cfg, owner, host).await })
+            .await
+            .context("the drivers' runtime stopped")??
+    };
     let runtimes: BTreeSet<DriverKind> = drivers.kinds();
     info!(runtimes = ?runtimes, cpu_millis = capacity.cpu_millis, memory_bytes = capacity.memory_bytes, "node capacity");
 
@@ -294,8 +317,13 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
     // Runtime worker: commands in, events out, both bounded.
     let (ev_tx, mut ev_rx) = mpsc::channel(1024);
     let (cmd_tx, cmd_rx) = mpsc::channel(1024);
-    drivers.watch(ev_tx.clone()).await;
-    tokio::spawn(runtime_worker::run(drivers.clone(), cmd_rx, ev_tx));
+    {
+        let drivers = drivers.clone();
+        drivers_rt.spawn(async move {
+            drivers.watch(ev_tx.clone()).await;
+            runtime_worker::run(drivers, cmd_rx, ev_tx).await;
+        });
+    }
 
     // Local API.
     let token = crate::api::load_or_create_token(&cfg.data_dir)
@@ -381,7 +409,26 @@ async fn agent_main(cfg: AgentConfig) -> anyhow::Result<()> {
         };
         let is_tick = matches!(input, Input::Tick);
         out.clear();
-        node.handle(clock.now(), input, &mut out);
+        node.absorb(clock.now(), input, &mut out);
+        // Whatever else is already waiting joins this batch (bounded), and placement and
+        // reconcile run once for all of it: a burst of 1,000 runtime events or claims is one
+        // pass, not 1,000, and the datagrams queued behind it are answered in the same turn.
+        for _ in 1..MAX_BATCH {
+            let next = if let Ok(ev) = ev_rx.try_recv() {
+                Input::Runtime(ev)
+            } else if let Ok(ev) = net_rx.try_recv() {
+                match shell.net_event(ev) {
+                    Some(input) => input,
+                    None => continue,
+                }
+            } else if let Ok((from, msg)) = sync_resp_rx.try_recv() {
+                Input::SyncResponse { from, msg }
+            } else {
+                break;
+            };
+            node.absorb(clock.now(), next, &mut out);
+        }
+        node.flush(clock.now(), &mut out);
         let now = clock.now();
         if !is_tick && node.next_wake(now) <= now {
             node.handle(now, Input::Tick, &mut out);

@@ -442,8 +442,10 @@ impl<R: Rng> Node<R> {
             consider(d);
         }
         for o in self.auction.open.values() {
-            if o.my_bid.is_some() {
-                consider(o.opened_at.plus(self.bid_window()));
+            if o.my_bid.is_some()
+                && let Some(t) = o.opened_at
+            {
+                consider(t.plus(self.bid_window()));
             }
         }
         if self.reconciler.dirty {
@@ -457,6 +459,15 @@ impl<R: Rng> Node<R> {
 
     /// Handles one input and appends the resulting outputs.
     pub fn handle(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
+        self.absorb(now, input, out);
+        self.flush(now, out);
+    }
+
+    /// Takes one input in without re-examining placement and reconcile; [`Node::flush`] does
+    /// that once for a batch. A shell that has many inputs ready (a burst of runtime events or
+    /// gossip) absorbs them all and flushes once, so a burst costs one placement pass instead
+    /// of one per input. `handle` is `absorb` then `flush`.
+    pub fn absorb(&mut self, now: Millis, input: Input, out: &mut Vec<Output>) {
         if self.started_at.is_none() {
             self.started_at = Some(now);
         }
@@ -517,6 +528,10 @@ impl<R: Rng> Node<R> {
             }
             Input::SyncResponse { from, msg } => self.on_sync_response(now, from, msg, out),
         }
+    }
+
+    /// Re-examines placement and reconcile if an input absorbed since the last flush asks for it.
+    pub fn flush(&mut self, now: Millis, out: &mut Vec<Output>) {
         if self.dirty {
             self.dirty = false;
             self.drive(now, out);
@@ -1442,11 +1457,10 @@ impl<R: Rng> Node<R> {
         let due: Vec<(SlotId, u64)> = open
             .iter()
             .filter(|(slot, _)| {
-                self.auction
-                    .open
-                    .get(*slot)
-                    .is_none_or(|o| o.my_bid.is_none() && now.since(o.opened_at) >= rebid)
-                    && self.reconciler.excluded(slot, now).is_none()
+                self.auction.open.get(*slot).is_none_or(|o| {
+                    // Seen only in others' bids so far: bid now, within their window.
+                    o.my_bid.is_none() && o.opened_at.is_none_or(|t| now.since(t) >= rebid)
+                }) && self.reconciler.excluded(slot, now).is_none()
             })
             .map(|(s, e)| (s.clone(), *e))
             .collect();
@@ -1476,7 +1490,7 @@ impl<R: Rng> Node<R> {
                 .entry(slot.clone())
                 .or_insert_with(|| new_open(epoch, now));
             let first_seen = entry.first_seen;
-            entry.opened_at = now;
+            entry.opened_at = Some(now);
             // Bid when ranked among the best few, or when the slot has waited long enough that
             // the expected winners are evidently not bidding.
             let ranked = plan
@@ -1507,11 +1521,11 @@ impl<R: Rng> Node<R> {
             entry.bids.insert(self.cfg.id.clone(), bid.clone());
             bids.push(bid);
         }
-        if !bids.is_empty() {
-            self.counters.bids_sent += bids.len() as u64;
+        self.counters.bids_sent += bids.len() as u64;
+        for chunk in bids.chunks(MAX_BIDS_PER_MESSAGE) {
             out.push(Output::Broadcast {
                 topic: Topic::Bids,
-                msg: Message::Bids(bids),
+                msg: Message::Bids(chunk.to_vec()),
             });
         }
         // Close the windows of our own bids.
@@ -1519,9 +1533,14 @@ impl<R: Rng> Node<R> {
             .auction
             .open
             .iter()
-            .filter(|(_, o)| o.my_bid.is_some() && now.since(o.opened_at) >= window)
+            .filter(|(_, o)| {
+                o.my_bid.is_some() && o.opened_at.is_some_and(|t| now.since(t) >= window)
+            })
             .map(|(s, _)| s.clone())
             .collect();
+        // The claims won in this pass go out together, a bounded number per delta.
+        let mut won = ClusterState::default();
+        let mut won_count = 0;
         for slot in due {
             let o = self.auction.open.get_mut(&slot).expect("due slot is open");
             let win = placement::winner(o.bids.values()).cloned();
@@ -1559,7 +1578,15 @@ impl<R: Rng> Node<R> {
                 now.plus(self.cfg.timing.majority_confirm_ms),
             );
             let delta = self.state.put_claim(&slot, claim);
-            self.write(delta, out);
+            won.merge(&delta);
+            won_count += 1;
+            if won_count == MAX_CLAIMS_PER_DELTA {
+                self.write(std::mem::take(&mut won), out);
+                won_count = 0;
+            }
+        }
+        if won_count > 0 {
+            self.write(won, out);
         }
     }
 
@@ -1704,10 +1731,9 @@ impl<R: Rng> Node<R> {
         self.open_slots(now)
             .into_iter()
             .filter(|(slot, _)| {
-                self.auction
-                    .open
-                    .get(slot)
-                    .is_none_or(|o| now.since(o.opened_at) >= window && o.my_bid.is_none())
+                self.auction.open.get(slot).is_none_or(|o| {
+                    now.since(o.opened_at.unwrap_or(o.first_seen)) >= window && o.my_bid.is_none()
+                })
             })
             .filter_map(|(slot, _)| {
                 let spec = self.state.live_spec(&slot.service)?;
@@ -1921,11 +1947,17 @@ fn peer_meta(m: &NodeMeta) -> PeerMeta {
 
 /// How many of the best-ranked nodes bid for each slot (the expected winner and backups).
 pub const BIDDERS_PER_SLOT: usize = 3;
+/// Bids per `Bids` message: a bid is at most ~150 bytes encoded (63-character names, a 52-character
+/// node id), so a message stays well under the 64 KiB gossip limit, over which it would be
+/// dropped (bids are not in the state, so anti-entropy cannot carry them).
+pub const MAX_BIDS_PER_MESSAGE: usize = 256;
+/// Claims per delta written in one auction pass (~250 bytes each), under the gossip limit too.
+pub const MAX_CLAIMS_PER_DELTA: usize = 128;
 
 fn new_open(epoch: u64, now: Millis) -> OpenSlot {
     OpenSlot {
         epoch,
-        opened_at: now,
+        opened_at: Some(now),
         bids: BTreeMap::new(),
         my_bid: None,
         my_reservation: Resources::default(),

@@ -735,3 +735,81 @@ fn a_down_nodes_slots_are_re_placed_at_the_next_epoch() {
     );
     assert_eq!(starts(&out), vec![key("web", 0, 4)]);
 }
+
+#[test]
+fn a_thousand_slot_deploy_spreads_evenly_in_bounded_messages() {
+    let mut a = ready("a");
+    let mut b = ready("b");
+    alive(&mut a, "b", 0);
+    alive(&mut b, "a", 0);
+    let mut spec = web(1000);
+    spec.resources = Resources {
+        cpu_millis: 1,
+        memory_bytes: 1 << 20,
+    };
+    let out_a = api(&mut a, 10, ApiRequest::Deploy { specs: vec![spec] });
+    // `b` takes `a`'s deploy and bids in one batch (as the agent does with whatever is queued)
+    // and only then runs its auction: it must still bid at once, within `a`'s window, rather
+    // than take `a`'s bids as a round it already examined and wait a re-bid period while `a`
+    // wins everything.
+    let mut out_b = Vec::new();
+    for o in &out_a {
+        if let Output::Broadcast { msg, .. } = o {
+            let from = NodeId("a".into());
+            let msg = msg.clone();
+            b.absorb(Millis(20), Input::Message { from, msg }, &mut out_b);
+        }
+    }
+    b.flush(Millis(20), &mut out_b);
+    let bids_of_b: usize = out_b
+        .iter()
+        .map(|o| match o {
+            Output::Broadcast {
+                msg: Message::Bids(bids),
+                ..
+            } => bids.len(),
+            _ => 0,
+        })
+        .sum();
+    assert!(bids_of_b >= 500, "b bid for {bids_of_b} slots");
+    let mut all = out_a.clone();
+    all.extend(out_b.iter().cloned());
+    let _ = deliver(&out_b, "b", &mut a, 30);
+    let mut t = 40;
+    for _ in 0..6 {
+        let oa = input(&mut a, t, Input::Tick);
+        let ob = input(&mut b, t, Input::Tick);
+        deliver(&oa, "a", &mut b, t + 1);
+        deliver(&ob, "b", &mut a, t + 1);
+        all.extend(oa);
+        all.extend(ob);
+        t += 200;
+    }
+    // Every gossiped message fits the 64 KiB gossip limit (bigger ones would be dropped).
+    for o in &all {
+        if let Output::Broadcast { msg, .. } = o {
+            let len = crate::wire::encode(msg).len();
+            assert!(len <= 64 * 1024, "a {len}-byte broadcast");
+        }
+    }
+    // Claims go out in batches, not one delta per claim.
+    let claim_deltas = all
+        .iter()
+        .filter(|o| {
+            matches!(o, Output::Broadcast { msg: Message::Delta(d), .. } if !d.claims.is_empty())
+        })
+        .count();
+    assert!(
+        claim_deltas <= 16,
+        "{claim_deltas} claim deltas for 1,000 claims"
+    );
+    assert_eq!(a.state().claims, b.state().claims);
+    let on_a = a
+        .state()
+        .claims
+        .values()
+        .filter(|c| c.node.0 == "a")
+        .count();
+    assert_eq!(a.state().claims.len(), 1000);
+    assert_eq!(on_a, 500, "spread within one of even");
+}

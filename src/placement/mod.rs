@@ -186,8 +186,15 @@ pub const SCALE: u64 = 1_000_000;
 pub const SAME_SERVICE_PENALTY: u64 = 200_000;
 /// Penalty per instance of the same service on nodes sharing this node's `spread` label value.
 pub const SPREAD_PENALTY: u64 = 400_000;
-/// Added to every score so that penalties never push it below zero.
-pub const BASE: u64 = 10 * SCALE;
+/// Added to every score so that penalties never push it below zero: at most `MAX_REPLICAS`
+/// instances of one service (same node or same spread value) fit under it. With a smaller base
+/// (it was `10 * SCALE`) the penalty saturated after 50 instances of one service on a node, every
+/// node then scored 0 and the highest node id won every remaining slot: 1,000 replicas over 5
+/// nodes landed 780/165/55/0/0.
+pub const BASE: u64 = 1_000_000 * SCALE;
+const _: () = assert!(
+    crate::spec::MAX_REPLICAS as u64 * (SAME_SERVICE_PENALTY + SPREAD_PENALTY) + SCALE < BASE
+);
 
 /// How instances of the service are distributed over the values of its `spread` label:
 /// `same_value` is how many already run on nodes whose label value equals this node's.
@@ -231,7 +238,9 @@ pub fn score(facts: &NodeFacts, spec: &ServiceSpec, spread: SpreadView) -> Optio
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct OpenSlot {
     pub epoch: u64,
-    pub opened_at: Millis,
+    /// When this node last examined the slot for a bid at this epoch (bid or chose not to);
+    /// `None` when it has only seen others' bids, so it considers bidding at once.
+    pub opened_at: Option<Millis>,
     pub bids: BTreeMap<NodeId, Bid>,
     /// This node's own bid, whose resources stay reserved until the window closes.
     pub my_bid: Option<Bid>,
@@ -266,7 +275,7 @@ impl Auction {
             .entry(bid.slot.clone())
             .or_insert_with(|| OpenSlot {
                 epoch: bid.epoch,
-                opened_at: now,
+                opened_at: None,
                 bids: BTreeMap::new(),
                 my_bid: None,
                 my_reservation: Resources::default(),
@@ -278,7 +287,7 @@ impl Auction {
         if bid.epoch > entry.epoch {
             *entry = OpenSlot {
                 epoch: bid.epoch,
-                opened_at: now,
+                opened_at: None,
                 bids: BTreeMap::new(),
                 my_bid: None,
                 my_reservation: Resources::default(),
@@ -571,6 +580,49 @@ mod tests {
         assert_eq!(
             per_node.values().copied().collect::<Vec<_>>(),
             vec![2, 2, 2]
+        );
+    }
+
+    #[test]
+    fn the_plan_spreads_a_thousand_tiny_slots_evenly() {
+        // Tiny slots barely change the free fraction, so only the same-service penalty tells
+        // nodes apart; it must keep doing so far past 50 instances per node.
+        let mut spec = web();
+        spec.replicas = 1000;
+        spec.resources = Resources {
+            cpu_millis: 1,
+            memory_bytes: 1 << 20,
+        };
+        let cands: Vec<Candidate> = ["a", "b", "c", "d", "e"]
+            .iter()
+            .map(|n| Candidate {
+                node: NodeId(n.to_string()),
+                facts: facts(4000, 4 << 30),
+            })
+            .collect();
+        let slots: Vec<PlanSlot> = (0..1000).map(|i| open_slot(&spec, i)).collect();
+        let plan = plan(cands, &slots, LabelCounts::new(), 3);
+        let mut per_node: BTreeMap<NodeId, u32> = BTreeMap::new();
+        for top in plan.values() {
+            *per_node.entry(top[0].0.clone()).or_default() += 1;
+        }
+        assert_eq!(per_node.values().copied().collect::<Vec<_>>(), vec![200; 5]);
+    }
+
+    #[test]
+    fn penalties_never_saturate_up_to_max_replicas() {
+        let mut spec = web();
+        spec.spread = Some("region".into());
+        let mut f = facts(4000, 4 << 30);
+        let worst = crate::spec::MAX_REPLICAS;
+        f.per_service.insert(spec.name.clone(), worst - 1);
+        let spread = |n| SpreadView { same_value: n };
+        let low = score(&f, &spec, spread(worst)).unwrap();
+        assert!(low > 0);
+        f.per_service.insert(spec.name.clone(), worst - 2);
+        assert!(score(&f, &spec, spread(worst)).unwrap() > low);
+        assert!(
+            score(&f, &spec, spread(worst - 1)).unwrap() > score(&f, &spec, spread(worst)).unwrap()
         );
     }
 

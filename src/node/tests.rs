@@ -813,3 +813,47 @@ fn a_thousand_slot_deploy_spreads_evenly_in_bounded_messages() {
     assert_eq!(a.state().claims.len(), 1000);
     assert_eq!(on_a, 500, "spread within one of even");
 }
+
+#[test]
+fn the_skip_reclaim_bug_also_keeps_what_a_restarted_node_finds_running() {
+    // The deliberate bug must cover the restart path too, or the chaos harness cannot show
+    // that its no-orphan check catches a node that fails to reclaim after a crash.
+    let mut first = ready("a");
+    api(
+        &mut first,
+        0,
+        ApiRequest::Deploy {
+            specs: vec![web(1)],
+        },
+    );
+    let rev = first.state().services[&name("web")]
+        .current()
+        .unwrap()
+        .id
+        .0
+        .clone();
+    let mut state = first.state().clone();
+    // While it was gone, its slot moved to `b` at the next epoch.
+    let mut moved = state.claims[&slot("web", 0)].clone();
+    moved.epoch += 1;
+    moved.node = NodeId("b".into());
+    state.put_claim(&slot("web", 0), moved);
+    for bug in [false, true] {
+        let mut c = cfg("a");
+        c.incarnation = 2;
+        c.bugs.skip_reclaim = bug;
+        let mut n = Node::new(c, state.clone(), StdRng::seed_from_u64(1)).unwrap();
+        alive(&mut n, "b", 1000);
+        let mut out = input(&mut n, 1000, Input::Tick);
+        out.extend(listed(
+            &mut n,
+            1000,
+            vec![observed(key("web", 0, 1), &rev, ObservedStatus::Running)],
+        ));
+        for t in [1100, 5000, 30_000, 61_000, 70_000] {
+            out.extend(input(&mut n, t, Input::Tick));
+        }
+        let expect = if bug { vec![] } else { vec![key("web", 0, 1)] };
+        assert_eq!(stops(&out), expect, "skip-reclaim {bug}");
+    }
+}

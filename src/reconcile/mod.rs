@@ -531,6 +531,14 @@ impl Reconciler {
         for key in keys {
             let l = self.instances.get_mut(&key).expect("key from the map");
             let want = desired.get(&key.slot).filter(|d| d.key == key);
+            // Found running while not (yet) desired, then desired at the revision it runs: it is
+            // that revision, adopt it rather than replace it.
+            if let Some(d) = want
+                && l.rev_stamp.is_none()
+                && l.revision == d.revision.id
+            {
+                l.rev_stamp = Some(d.revision.stamp.clone());
+            }
             match (&l.phase, want) {
                 (Phase::Stopping { .. }, _) => {}
                 (_, None) => {

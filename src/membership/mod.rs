@@ -215,9 +215,20 @@ pub struct Membership {
     rng: Xoshiro256PlusPlus,
     /// When records of nodes SWIM does not know were last swept from the store.
     swept_at: Millis,
+    /// Whether foca has an active member to talk to (its `Active` / `Idle` / `Rejoin`
+    /// notifications). Foca stops every periodic timer when it loses its last active member or
+    /// renews its identity, and resumes them only when a member talks to it first.
+    connected: bool,
+    /// While not connected but knowing other members: when to announce to some of them next.
+    rejoin_at: Option<Millis>,
+    /// Round-robin position over the members announced to while rejoining.
+    rejoin_cursor: usize,
     left: bool,
     stats: MembershipStats,
 }
+
+/// Members announced to in one rejoin round (see `Membership::drive_rejoin`).
+const REJOIN_FANOUT: usize = 3;
 
 impl Membership {
     /// A node that knows only itself. `rng_seed` is the only randomness (probe order, gossip
@@ -277,6 +288,9 @@ impl Membership {
             follow_ups: Vec::new(),
             rng: Xoshiro256PlusPlus::seed_from_u64(rng_seed ^ 0x005E_ED0F_5140_A100),
             swept_at: Millis(0),
+            connected: false,
+            rejoin_at: None,
+            rejoin_cursor: 0,
             left: false,
             stats: MembershipStats::default(),
         };
@@ -474,6 +488,7 @@ impl Membership {
             me.member.last_heard = now;
         }
         self.after_foca(now, out, scan);
+        self.drive_rejoin(now, out);
         self.check_lingering(now);
         self.send_notices(now, out);
         self.declare_unanswered(now, out);
@@ -496,6 +511,7 @@ impl Membership {
         let timer = self.timers.keys().next().map(|(at, _)| *at);
         let notice = self.notices.values().filter_map(Notice::due).min();
         let follow_up = self.follow_ups.first().copied();
+        let rejoin = self.rejoin_at.filter(|_| !self.connected);
         let meta = match (self.meta_pending, self.published_at) {
             (true, Some(at)) => Some(at.plus(self.tuning.meta_min_interval_ms)),
             (true, None) => Some(Millis(0)),
@@ -506,7 +522,46 @@ impl Membership {
             .chain(meta)
             .chain(notice)
             .chain(follow_up)
+            .chain(rejoin)
             .min()
+    }
+
+    /// Foca goes silent when it has no active member left (everyone else looks down) or has
+    /// just renewed its identity after being declared down: no probes, no announcements to
+    /// down members, until some member talks to it first. When every node of a healed
+    /// partition is in that state at once (each side declared the other down, and each node
+    /// renewed on hearing so), nobody talks first and the fleet stays split for good. So while
+    /// foca is not connected and other members are known, this announces to a few of them
+    /// (round-robin, down ones included) every `announce_down_period_ms`, until one answers.
+    fn drive_rejoin(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.connected || self.left {
+            return;
+        }
+        let Some(at) = self.rejoin_at else { return };
+        if at > now {
+            return;
+        }
+        let others: Vec<NodeId> = self
+            .tracked
+            .iter()
+            .filter(|(id, t)| **id != self.me && t.member.state != MemberState::Left)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if others.is_empty() {
+            // Nobody to ask (a fresh node): seeds bring the first member; `Idle` or `Rejoin`
+            // re-arms this.
+            self.rejoin_at = None;
+            return;
+        }
+        for k in 0..REJOIN_FANOUT.min(others.len()) {
+            let to = others[(self.rejoin_cursor + k) % others.len()].clone();
+            if let Err(e) = self.foca.announce(MemberId::placeholder(to), &mut self.rt) {
+                tracing::debug!(error = %e, "swim announce failed");
+            }
+        }
+        self.rejoin_cursor = self.rejoin_cursor.wrapping_add(REJOIN_FANOUT);
+        self.after_foca(now, out, true);
+        self.rejoin_at = Some(now.plus(self.tuning.announce_down_period_ms));
     }
 
     /// Replaces this node's metadata. Its `version` is assigned here. Published at once unless
@@ -645,7 +700,10 @@ impl Membership {
         for note in self.rt.notes.drain(..) {
             match note {
                 OwnedNotification::Rejoin(id) => {
-                    // A new life: foca's incarnation starts again from 0.
+                    // A new life: foca's incarnation starts again from 0, and foca is silent
+                    // until someone talks to it: announce ourselves at once.
+                    self.connected = false;
+                    self.rejoin_at = Some(now);
                     self.refuted = None;
                     self.own_incarnation = 0;
                     self.own_id_bytes =
@@ -655,8 +713,16 @@ impl Membership {
                 OwnedNotification::Defunct if !self.left => {
                     tracing::warn!("declared down by the cluster and cannot rejoin")
                 }
-                OwnedNotification::Idle => tracing::debug!("no active member left"),
-                OwnedNotification::Active => tracing::debug!("joined the cluster"),
+                OwnedNotification::Idle => {
+                    self.connected = false;
+                    self.rejoin_at.get_or_insert(now);
+                    tracing::debug!("no active member left")
+                }
+                OwnedNotification::Active => {
+                    self.connected = true;
+                    self.rejoin_at = None;
+                    tracing::debug!("joined the cluster")
+                }
                 _ => {}
             }
         }

@@ -88,6 +88,8 @@ struct Sim {
     largest_datagram: usize,
     /// A sample of datagrams for fuzzing.
     captured: Vec<Vec<u8>>,
+    /// A symmetric partition: datagrams between these nodes and the others are lost.
+    cut: Option<BTreeSet<NodeId>>,
 }
 
 impl Sim {
@@ -108,6 +110,7 @@ impl Sim {
             datagram_bytes: 0,
             largest_datagram: 0,
             captured: Vec::new(),
+            cut: None,
         };
         for i in 0..n {
             sim.add_node(i, 1);
@@ -177,6 +180,13 @@ impl Sim {
                         self.captured.push(bytes.clone());
                     }
                     if self.rng.random_range(0..1000) < self.loss_permille {
+                        continue;
+                    }
+                    if self
+                        .cut
+                        .as_ref()
+                        .is_some_and(|c| c.contains(&from) != c.contains(&to))
+                    {
                         continue;
                     }
                     let delay = self.latency_ms + self.rng.random_range(0..=self.jitter_ms);
@@ -486,6 +496,41 @@ fn node_paused_shorter_than_the_suspicion_is_never_declared_down() {
             "seed {seed}: no rejoin"
         );
     }
+}
+
+#[test]
+fn both_sides_of_a_healed_partition_rejoin_even_when_every_node_renewed_at_once() {
+    // Each side declares the other down; on the heal every node hears it was declared down,
+    // renews its identity and goes silent until someone talks to it first. The membership
+    // layer must talk first (the chaos harness's majority-partition found fleets that stayed
+    // split for good).
+    let seeds = knob(std::env::var("SWIM_SEEDS").ok().as_deref(), 12);
+    let mut stuck = Vec::new();
+    for k in 0..seeds {
+        let seed = seed(900) + k;
+        let mut sim = Sim::joined(5, seed);
+        sim.cut = Some([nid(0), nid(1)].into());
+        let apart = sim.run_until_true(30_000, |s| {
+            s.nodes[&nid(0)].m.member(&nid(4)).map(|m| m.state) == Some(MemberState::Down)
+                && s.nodes[&nid(4)].m.member(&nid(0)).map(|m| m.state) == Some(MemberState::Down)
+        });
+        assert!(
+            apart.is_some(),
+            "seed {seed}: the sides never saw each other down"
+        );
+        sim.run_for(10_000);
+        sim.cut = None;
+        let healed = sim.run_until_true(30_000, |s| {
+            (0..5).all(|i| s.everyone_sees(i, MemberState::Alive))
+        });
+        if healed.is_none() {
+            stuck.push(seed);
+        }
+    }
+    assert!(
+        stuck.is_empty(),
+        "still split 30 s after the heal: seeds {stuck:?}"
+    );
 }
 
 #[test]

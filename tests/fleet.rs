@@ -450,6 +450,53 @@ fn a_majority_singleton_cut_off_in_a_minority_moves_to_the_majority_and_never_ru
 }
 
 #[test]
+fn a_majority_singleton_whose_agent_is_paused_is_stopped_by_its_lease_before_it_moves() {
+    // A stopped agent cannot fence its own instance; the instance-side lease (`shoal
+    // lease-run`) must end it before the majority side starts the replacement.
+    let _g = serial();
+    let f = Fleet::start(3, &[]);
+    let svc = unique("leased");
+    let spec = sleep_service(f.root.path(), &svc, 1, "partition: majority\n");
+    f.agents[0].ok(&["deploy", "-f", &spec]);
+    let first = wait_for("the singleton running", Duration::from_secs(60), || {
+        let procs = instance_processes(&svc);
+        (procs.len() == 1).then(|| procs[0])
+    });
+    let owner_id = wait_for("its owner reported", Duration::from_secs(30), || {
+        let rows = f.ps(0, &svc);
+        (rows.len() == 1 && rows[0]["state"] == "running")
+            .then(|| rows[0]["node"].as_str().unwrap().to_string())
+    });
+    let owner = (0..3).find(|i| f.id(*i) == owner_id).unwrap();
+    let other = (owner + 1) % 3;
+    sigstop(&f.agents[owner]);
+    let moved = wait_for(
+        "the singleton re-placed while its owner is stopped",
+        Duration::from_secs(60),
+        || {
+            let procs = instance_processes(&svc);
+            assert!(procs.len() <= 1, "the singleton runs twice: {procs:?}");
+            procs.first().copied().filter(|p| p.1 > first.1)
+        },
+    );
+    assert!(
+        !alive(first.2),
+        "the stopped agent's copy was ended by its lease"
+    );
+    sigcont(&f.agents[owner]);
+    let until = std::time::Instant::now() + Duration::from_secs(5);
+    while std::time::Instant::now() < until {
+        let procs = instance_processes(&svc);
+        assert!(procs.len() <= 1, "the singleton runs twice: {procs:?}");
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    f.wait_same_digest();
+    assert_eq!(instance_processes(&svc), vec![moved]);
+    let rows = f.ps(other, &svc);
+    assert_eq!(rows[0]["state"], "running");
+}
+
+#[test]
 fn a_crash_looping_instance_is_released_and_moves_to_another_node() {
     let _g = serial();
     let f = Fleet::start(3, &[]);

@@ -373,6 +373,8 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
     let mut seed_backoff = Duration::from_millis(500);
     let mut next_seed_dial = Instant::now();
     let mut shutdown = Box::pin(shutdown_signal());
+    let mut lease = LeaseWriter::new(crate::runtime::lease::lease_path(&cfg.data_dir));
+    lease.renew(node.majority_lease_ms(clock.now()));
     let mut out = Vec::new();
     loop {
         let now = clock.now();
@@ -430,6 +432,7 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
         }
         node.flush(clock.now(), &mut out);
         let now = clock.now();
+        lease.renew(node.majority_lease_ms(now));
         if !is_tick && node.next_wake(now) <= now {
             node.handle(now, Input::Tick, &mut out);
         }
@@ -448,6 +451,43 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
     drop(shell);
     let _ = tokio::task::spawn_blocking(move || writer_thread.join()).await;
     Ok(())
+}
+
+/// Keeps `<data-dir>/majority.lease` current (see `runtime::lease`): rewritten at most once a
+/// second, and at once when the lease runs out or comes back.
+struct LeaseWriter {
+    path: std::path::PathBuf,
+    last: Option<(Instant, bool)>,
+    failing: bool,
+}
+
+impl LeaseWriter {
+    fn new(path: std::path::PathBuf) -> LeaseWriter {
+        LeaseWriter {
+            path,
+            last: None,
+            failing: false,
+        }
+    }
+
+    fn renew(&mut self, valid_for_ms: u64) {
+        let holds = valid_for_ms > 0;
+        if self
+            .last
+            .is_some_and(|(t, h)| h == holds && t.elapsed() < Duration::from_secs(1))
+        {
+            return;
+        }
+        self.last = Some((Instant::now(), holds));
+        match crate::runtime::lease::write_lease(&self.path, valid_for_ms) {
+            Ok(()) => self.failing = false,
+            Err(e) if !self.failing => {
+                self.failing = true;
+                warn!(path = %self.path.display(), error = %e, "cannot renew the majority lease: majority instances here will be stopped when it runs out; free disk space or fix the data dir's permissions");
+            }
+            Err(_) => {}
+        }
+    }
 }
 
 /// API requests waiting for the core's reply: id → (is a write, where to answer).

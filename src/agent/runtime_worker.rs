@@ -49,11 +49,17 @@ impl Drivers {
     ) -> anyhow::Result<Drivers> {
         let want = |k: DriverKind| cfg.runtimes.is_empty() || cfg.runtimes.contains(&k);
         let process = if want(DriverKind::Process) {
-            Some(Arc::new(ProcessDriver::new(
-                &cfg.data_dir,
-                owner.clone(),
-                advertise_host.clone(),
-            )?))
+            let driver = ProcessDriver::new(&cfg.data_dir, owner.clone(), advertise_host.clone())?;
+            // Majority instances run under `shoal lease-run` of this very binary.
+            let driver = match std::env::current_exe() {
+                Ok(shoal) => driver
+                    .with_lease_runner(shoal, crate::runtime::lease::lease_path(&cfg.data_dir)),
+                Err(e) => {
+                    warn!(error = %e, "cannot find this binary: majority instances run without their instance-side lease");
+                    driver
+                }
+            };
+            Some(Arc::new(driver))
         } else {
             None
         };

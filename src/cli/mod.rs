@@ -141,6 +141,20 @@ pub enum Command {
     /// Start a 3-node local fleet, deploy examples/hello.yaml, kill a node and watch the
     /// replicas move. Ctrl-C stops and cleans up everything.
     Demo(crate::agent::demo::DemoArgs),
+    /// Internal: runs one `partition: majority` instance and kills it when this node's lease
+    /// expires (started by the process driver; see src/runtime/lease.rs).
+    #[command(hide = true)]
+    LeaseRun {
+        #[arg(long)]
+        lease: PathBuf,
+        #[arg(long, default_value_t = 30_000)]
+        grace_ms: u64,
+        #[arg(long)]
+        arg0: Option<std::ffi::OsString>,
+        /// The program and its arguments.
+        #[arg(trailing_var_arg = true, allow_hyphen_values = true, required = true)]
+        command: Vec<std::ffi::OsString>,
+    },
 }
 
 /// Runs a parsed command line.
@@ -148,6 +162,17 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Agent(args) => crate::agent::run(*args),
         Command::Demo(args) => crate::agent::demo::run(args),
+        Command::LeaseRun {
+            lease,
+            grace_ms,
+            arg0,
+            command,
+        } => {
+            let (program, args) = command.split_first().expect("clap requires the command");
+            let code =
+                crate::runtime::lease::lease_run(&lease, grace_ms, program, arg0.as_deref(), args)?;
+            std::process::exit(code)
+        }
         Command::Keygen { out } => crate::agent::keygen(out.as_deref()),
         Command::Deploy { file, client } => commands::deploy(&client, &file),
         Command::Rm { service, client } => commands::rm(&client, &service),

@@ -1125,6 +1125,21 @@ impl<R: Rng> Node<R> {
     }
 
     /// In a minority for longer than the lease: `majority` instances must not run here.
+    /// How much longer this node may run `partition: majority` instances without seeing a
+    /// majority again: `lease_ms` while it sees one, counting down from when it lost it, 0 once
+    /// fenced. The agent hands it to the instance-side lease (`runtime::lease`), which enforces
+    /// it even while the agent itself is stopped.
+    pub fn majority_lease_ms(&self, now: Millis) -> u64 {
+        if self.cfg.bugs.no_fence {
+            return u64::MAX / 4;
+        }
+        let lease = self.cfg.timing.lease_ms;
+        match self.minority_since {
+            Some(s) => lease.saturating_sub(now.since(s)),
+            None => lease,
+        }
+    }
+
     fn fenced(&self, now: Millis) -> bool {
         !self.cfg.bugs.no_fence
             && self

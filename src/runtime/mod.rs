@@ -8,6 +8,7 @@
 pub mod conformance;
 pub mod docker;
 pub mod fake;
+pub mod lease;
 pub mod process;
 
 use std::collections::BTreeMap;

@@ -49,6 +49,9 @@ const STOP_POLL: Duration = Duration::from_millis(50);
 /// How long `stop` waits for the instance to vanish after SIGKILL before reporting failure
 /// (only a process stuck in uninterruptible sleep survives that long).
 const KILL_WAIT: Duration = Duration::from_secs(10);
+/// How long `shoal lease-run` waits for a lease file that is not there yet (the agent writes it
+/// on its first turn, before it starts anything).
+const LEASE_GRACE_MS: u64 = 30_000;
 /// How often a followed log is checked for appended bytes.
 const LOG_FOLLOW_POLL: Duration = Duration::from_millis(200);
 /// Capacity of the channel a log is streamed through.
@@ -275,6 +278,9 @@ struct Inner {
     key_locks: Mutex<BTreeMap<InstanceKey, Arc<tokio::sync::Mutex<()>>>>,
     /// Wakes the watch task when an exit was added to `State::unreported`.
     exited: Notify,
+    /// `(shoal binary, lease file)`: `partition: majority` instances run under
+    /// `shoal lease-run` (see `runtime::lease`). `None` runs them directly (tests).
+    lease_runner: Option<(PathBuf, PathBuf)>,
 }
 
 /// In-memory state. Each map holds at most one entry per instance record.
@@ -766,10 +772,23 @@ impl ProcessDriver {
                 state: Mutex::default(),
                 key_locks: Mutex::default(),
                 exited: Notify::new(),
+                lease_runner: None,
             }),
             tasks: Mutex::new(JoinSet::new()),
             watch_task: Mutex::new(None),
         })
+    }
+
+    /// Runs `partition: majority` instances under `shoal lease-run` (the binary at `shoal`),
+    /// which kills them when the lease in `lease_file` expires without renewal.
+    pub fn with_lease_runner(self, shoal: PathBuf, lease_file: PathBuf) -> ProcessDriver {
+        let mut inner = Arc::try_unwrap(self.inner)
+            .unwrap_or_else(|_| unreachable!("set before the driver is shared"));
+        inner.lease_runner = Some((shoal, lease_file));
+        ProcessDriver {
+            inner: Arc::new(inner),
+            ..self
+        }
     }
 
     fn spawn_task(&self, task: impl Future<Output = ()> + Send + 'static) -> AbortHandle {
@@ -815,10 +834,29 @@ impl ProcessDriver {
             .map_err(|e| io_error(&log_path, e))?;
         let log_err = log.try_clone().map_err(|e| io_error(&log_path, e))?;
 
-        let mut cmd = tokio::process::Command::new(&program);
-        cmd.arg0(first)
-            .args(&command[1..])
-            .env_clear()
+        let leased = spec.spec.partition == crate::spec::PartitionMode::Majority;
+        let mut cmd = match (&inner.lease_runner, leased) {
+            (Some((shoal, lease)), true) => {
+                let mut c = tokio::process::Command::new(shoal);
+                c.arg("lease-run")
+                    .arg("--lease")
+                    .arg(lease)
+                    .arg("--grace-ms")
+                    .arg(LEASE_GRACE_MS.to_string())
+                    .arg("--arg0")
+                    .arg(first)
+                    .arg("--")
+                    .arg(&program)
+                    .args(&command[1..]);
+                c
+            }
+            _ => {
+                let mut c = tokio::process::Command::new(&program);
+                c.arg0(first).args(&command[1..]);
+                c
+            }
+        };
+        cmd.env_clear()
             .envs(instance_env(spec, &ports))
             .stdin(Stdio::null())
             .stdout(log)

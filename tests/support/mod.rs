@@ -402,7 +402,9 @@ impl Fleet {
 }
 
 /// Live instance processes of `service` (read from the process table: the truth, whatever the
-/// agents say), as (slot, epoch, pid).
+/// agents say), as (slot, epoch, pid). One per instance: the process driver starts each in a
+/// session of its own, so only session leaders count (a `partition: majority` instance is its
+/// `shoal lease-run` supervisor plus the command it runs, in one session).
 pub fn instance_processes(service: &str) -> Vec<(u32, u64, u32)> {
     let mut found = Vec::new();
     let Ok(dir) = std::fs::read_dir("/proc") else {
@@ -412,7 +414,7 @@ pub fn instance_processes(service: &str) -> Vec<(u32, u64, u32)> {
         let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
             continue;
         };
-        if !alive(pid) {
+        if !alive(pid) || session_of(pid) != Some(pid) {
             continue;
         }
         let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
@@ -439,6 +441,17 @@ pub fn instance_processes(service: &str) -> Vec<(u32, u64, u32)> {
     }
     found.sort();
     found
+}
+
+/// The session id of a process (field 6 of `/proc/<pid>/stat`).
+fn session_of(pid: u32) -> Option<u32> {
+    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
+    stat.rsplit_once(')')?
+        .1
+        .split_whitespace()
+        .nth(3)?
+        .parse()
+        .ok()
 }
 
 /// A unique service name for a test (so leftovers of other runs never count).

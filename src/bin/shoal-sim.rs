@@ -1,11 +1,14 @@
 //! `shoal-sim`: runs the deterministic simulator from the command line.
 //!
 //! `shoal-sim bench [--nodes 100,1000] [--seed 1] [--crashes 10] [--writes 20] [--heal-seeds 10]
-//! [--out docs/bench/README.md]` measures the DESIGN.md §10 figures and prints (or writes) a
-//! Markdown table. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! [--binpack-max-nodes 1000] [--large-deploy 1000] [--out-dir docs/bench]` measures the DESIGN.md §10 figures (ours,
+//! and the baselines run in the same simulator on the same seed), prints the Markdown table and
+//! writes it to `OUT_DIR/figures.md` with the SVG plots, after every step (a long run that is
+//! stopped keeps what it measured). `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
+use shoal::membership::SwimTuning;
 use shoal::sim::bench;
 use shoal::sim::scenario::sweep_case;
 
@@ -49,25 +52,71 @@ fn main() -> anyhow::Result<()> {
             let crashes = num("--crashes", 10)? as usize;
             let writes = num("--writes", 20)? as usize;
             let heal_seeds = num("--heal-seeds", 10)?;
-            let mut figs = Vec::new();
-            for n in sizes {
-                eprintln!("measuring {n} nodes");
-                let f = bench::measure(seed, n, crashes, writes);
-                eprintln!("{f:?}");
-                figs.push(f);
-            }
-            let heal = (heal_seeds > 0).then(|| {
+            let binpack_max = num("--binpack-max-nodes", 1000)? as usize;
+            let large_deploy = num("--large-deploy", 1000)? as u32;
+            let out_dir = opt("--out-dir").unwrap_or("docs/bench");
+            std::fs::create_dir_all(out_dir).with_context(|| format!("creating {out_dir}"))?;
+            let mut report = bench::Report::default();
+            let write = |report: &bench::Report| -> anyhow::Result<()> {
+                let path = format!("{out_dir}/figures.md");
+                std::fs::write(&path, report.goals_markdown())
+                    .with_context(|| format!("writing {path}"))?;
+                for (name, svg) in report.charts() {
+                    let path = format!("{out_dir}/{name}");
+                    std::fs::write(&path, svg).with_context(|| format!("writing {path}"))?;
+                }
+                Ok(())
+            };
+            if heal_seeds > 0 {
                 eprintln!("measuring heal convergence over {heal_seeds} sweep seeds");
                 let (v, failed) = bench::heal_ms(1..1 + heal_seeds, 50);
-                (50, v, failed)
-            });
-            let table = bench::markdown(&figs, heal);
-            match opt("--out") {
-                Some(path) => {
-                    std::fs::write(path, &table).with_context(|| format!("writing {path}"))?
-                }
-                None => print!("{table}"),
+                eprintln!("heal ms: {v:?}, {failed} did not converge");
+                report.heal = Some((50, v, failed));
             }
+            for n in sizes {
+                // Smaller samples above 100 nodes: each crash costs a detection and a
+                // replacement on every node.
+                let (c, w) = if n > 100 {
+                    (crashes.min(5), writes.min(10))
+                } else {
+                    (crashes, writes)
+                };
+                if n <= binpack_max {
+                    eprintln!("measuring placement quality, {n} nodes");
+                    let p = bench::measure_binpack(seed, n);
+                    eprintln!("{p:?}");
+                    report.packing.push(p);
+                    write(&report)?;
+                }
+                // Each parameter set on a fleet of its own, same seed, same victims.
+                let profiles = [
+                    ("lan profile", None),
+                    (
+                        "memberlist defaults",
+                        Some(SwimTuning::memberlist_defaults(n as u32)),
+                    ),
+                ];
+                for (name, tuning) in profiles {
+                    eprintln!("measuring detection, {n} nodes, {name}");
+                    let m = bench::measure_membership(seed, n, c, tuning.clone());
+                    eprintln!("{m:?}");
+                    if tuning.is_some() {
+                        report.memberlist.push(m);
+                    } else {
+                        report.ours_membership.push(m);
+                    }
+                    write(&report)?;
+                }
+                eprintln!("measuring {n} nodes");
+                // Two slots per node up to 100 nodes; above, `--large-deploy` slots (the
+                // simulator's cost per input grows with the slots deployed, see the README).
+                let slots = if n > 100 { large_deploy } else { 2 * n as u32 };
+                let f = bench::measure(seed, n, c, w, slots);
+                eprintln!("{f:?}");
+                report.figs.push(f);
+                write(&report)?;
+            }
+            print!("{}", report.goals_markdown());
         }
         other => bail!("unknown command {other:?}: use bench or sweep"),
     }

@@ -151,6 +151,41 @@ impl Profile {
 }
 
 impl SwimTuning {
+    /// hashicorp/memberlist's `DefaultLANConfig` (the parameters Serf and Consul inherit)
+    /// expressed for foca, for a fleet of `cluster_size`: the baseline the simulator measures
+    /// our `lan` profile against, not a profile to run. ProbeInterval 1 s, ProbeTimeout 500 ms,
+    /// IndirectChecks 3, GossipInterval 200 ms to GossipNodes 3, PushPullInterval 30 s (as a
+    /// periodic announce), suspicion timeout SuspicionMult (4) × max(1, log10 n) ×
+    /// ProbeInterval, retransmissions RetransmitMult (4) × ceil(log10(n + 1)).
+    ///
+    /// What does not carry over: memberlist's Lifeguard suspicion timeout starts at
+    /// SuspicionMaxTimeoutMult (6) times the figure above and shrinks to it as independent
+    /// suspicions arrive; foca has one fixed timeout, so this is memberlist's fastest case.
+    /// Its 1,400-byte UDP packets do not fit our metadata records, so the packet size stays
+    /// ours; there is no announce to down members (memberlist only gossips to the dead for
+    /// 30 s). Our own additions around foca (the prober telling the suspect directly, metadata
+    /// pulls) stay on, as they are part of the membership layer, not of its parameters.
+    pub fn memberlist_defaults(cluster_size: u32) -> SwimTuning {
+        let n = f64::from(cluster_size.max(1));
+        let scale = n.log10().max(1.0);
+        let probe_interval_ms = 1_000u64;
+        let suspicion_mult = 4.0;
+        let retransmit_mult = 4u64;
+        let retransmits = retransmit_mult * (n + 1.0).log10().ceil() as u64;
+        SwimTuning {
+            probe_period_ms: probe_interval_ms,
+            probe_rtt_ms: 500,
+            num_indirect_probes: 3,
+            suspect_to_down_ms: (suspicion_mult * scale * probe_interval_ms as f64) as u64,
+            max_transmissions: retransmits.clamp(1, u64::from(u8::MAX)) as u8,
+            gossip_period_ms: 200,
+            gossip_fanout: 3,
+            announce_period_ms: 30_000,
+            announce_down_period_ms: 0,
+            ..Profile::Lan.tuning(cluster_size)
+        }
+    }
+
     /// Checks the relations between fields that serde cannot.
     pub fn validate(&self) -> Result<(), TuningError> {
         let nonzero = [
@@ -214,6 +249,25 @@ mod tests {
         for n in [0, 1, 5, 20, 99, 100, 1_000, 10_000, u32::MAX] {
             Profile::Lan.tuning(n).validate().unwrap();
             Profile::Wan.tuning(n).validate().unwrap();
+        }
+    }
+
+    #[test]
+    fn memberlist_defaults_follow_its_formulas() {
+        let t = SwimTuning::memberlist_defaults(1_000);
+        t.validate().unwrap();
+        assert_eq!(t.probe_period_ms, 1_000);
+        assert_eq!(t.probe_rtt_ms, 500);
+        assert_eq!(t.suspect_to_down_ms, 12_000); // 4 × log10(1000) × 1 s
+        assert_eq!(t.max_transmissions, 16); // 4 × ceil(log10(1001))
+        assert_eq!(
+            SwimTuning::memberlist_defaults(100).suspect_to_down_ms,
+            8_000
+        );
+        assert_eq!(SwimTuning::memberlist_defaults(5).suspect_to_down_ms, 4_000);
+        assert_eq!(SwimTuning::memberlist_defaults(100).max_transmissions, 12);
+        for n in [0, 1, 10_000, u32::MAX] {
+            SwimTuning::memberlist_defaults(n).validate().unwrap();
         }
     }
 

@@ -311,6 +311,9 @@ pub struct Node<R: Rng> {
     syncing: BTreeMap<NodeId, Millis>,
     /// Peers whose last sync answer did not fit in one message: synced again at once.
     sync_more: BTreeSet<NodeId>,
+    /// When this node last started a sync because a member appeared: at most one per
+    /// `UP_SYNC_INTERVAL_MS` (see `apply_member_outputs`).
+    last_up_sync: Option<Millis>,
     /// Something changed since the last `drive` (placement and reconcile must look again).
     dirty: bool,
 }
@@ -365,6 +368,7 @@ impl<R: Rng> Node<R> {
             next_sync: Millis(0),
             syncing: BTreeMap::new(),
             sync_more: BTreeSet::new(),
+            last_up_sync: None,
             dirty: true,
         })
     }
@@ -579,11 +583,24 @@ impl<R: Rng> Node<R> {
                         _ => {}
                     }
                     let up = matches!(ev, MemberEvent::Up(_));
+                    let known = self.members.peers.contains_key(id);
                     if self.members.apply(now, update) {
                         self.members.refresh_stable_size();
                     }
-                    // A member that (re)appears gets our whole state at once.
-                    if up {
+                    // A member that reappears (back from down, or a new life) gets our whole
+                    // state at once: that is how the two sides of a healed partition converge
+                    // within seconds. A member seen for the first time (a joiner) gets it only
+                    // if no such exchange started in the last `UP_SYNC_INTERVAL_MS`: one brings
+                    // a newcomer the fleet's state, and one per joiner made every node of a
+                    // fleet that starts together sync with every other (n² full exchanges, the
+                    // simulator's whole cost at 1,000 nodes). Periodic sync covers the rest.
+                    if up
+                        && (known
+                            || self
+                                .last_up_sync
+                                .is_none_or(|t| now.since(t) >= UP_SYNC_INTERVAL_MS))
+                    {
+                        self.last_up_sync = Some(now);
                         self.start_sync(now, id.clone(), out);
                     }
                 }
@@ -1968,6 +1985,10 @@ pub const BIDDERS_PER_SLOT: usize = 3;
 pub const MAX_BIDS_PER_MESSAGE: usize = 256;
 /// Claims per delta written in one auction pass (~250 bytes each), under the gossip limit too.
 pub const MAX_CLAIMS_PER_DELTA: usize = 128;
+
+/// At most one sync started because a member appeared for the first time, per this many
+/// milliseconds (a member that reappears is always synced with at once).
+pub const UP_SYNC_INTERVAL_MS: u64 = 1_000;
 
 fn new_open(epoch: u64, now: Millis) -> OpenSlot {
     OpenSlot {

@@ -51,21 +51,34 @@ pub enum SyncMsg {
     Ack,
 }
 
-fn hash(tag: u8, key: &impl Serialize) -> u64 {
-    let mut bytes = vec![tag];
-    bytes.extend(postcard::to_stdvec(key).expect("in-memory encoding cannot fail"));
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+/// Encodes `tag` and a key (then a value) into one reused buffer, so that the bucket hash and
+/// the entry hash of an entry come from a single encoding of its key and no allocation per
+/// entry (the digest of a large state walks every entry each round). The bytes hashed are the
+/// tag followed by the postcard encodings, as before.
+#[derive(Default)]
+struct Hasher {
+    buf: Vec<u8>,
 }
 
-fn bucket(tag: u8, key: &impl Serialize) -> usize {
-    (hash(tag, key) % BUCKETS as u64) as usize
-}
+impl Hasher {
+    fn append(&mut self, v: &impl Serialize) {
+        let buf = std::mem::take(&mut self.buf);
+        self.buf = postcard::to_extend(v, buf).expect("in-memory encoding cannot fail");
+    }
 
-fn entry_hash(tag: u8, key: &impl Serialize, value: &impl Serialize) -> u64 {
-    let mut bytes = vec![tag];
-    bytes.extend(postcard::to_stdvec(key).expect("in-memory encoding cannot fail"));
-    bytes.extend(postcard::to_stdvec(value).expect("in-memory encoding cannot fail"));
-    xxhash_rust::xxh3::xxh3_64(&bytes)
+    fn bucket(&mut self, tag: u8, key: &impl Serialize) -> usize {
+        self.buf.clear();
+        self.buf.push(tag);
+        self.append(key);
+        (xxhash_rust::xxh3::xxh3_64(&self.buf) % BUCKETS as u64) as usize
+    }
+
+    /// `(bucket, entry hash)` of one entry.
+    fn entry(&mut self, tag: u8, key: &impl Serialize, value: &impl Serialize) -> (usize, u64) {
+        let b = self.bucket(tag, key);
+        self.append(value);
+        (b, xxhash_rust::xxh3::xxh3_64(&self.buf))
+    }
 }
 
 const SERVICES: u8 = 1;
@@ -77,28 +90,24 @@ const DRAINS: u8 = 5;
 /// The digest of a state.
 pub fn digest(s: &ClusterState) -> Digest {
     let mut buckets = vec![0u64; BUCKETS];
-    let mut add = |tag: u8, key: &dyn Fn() -> (usize, u64)| {
-        let (b, h) = key();
-        buckets[b] = buckets[b].wrapping_add(h.wrapping_add(tag as u64));
+    let mut h = Hasher::default();
+    let mut add = |tag: u8, (b, hash): (usize, u64)| {
+        buckets[b] = buckets[b].wrapping_add(hash.wrapping_add(tag as u64));
     };
     for (k, v) in &s.services {
-        add(SERVICES, &|| {
-            (bucket(SERVICES, k), entry_hash(SERVICES, k, v))
-        });
+        add(SERVICES, h.entry(SERVICES, k, v));
     }
     for (k, v) in &s.claims {
-        add(CLAIMS, &|| (bucket(CLAIMS, k), entry_hash(CLAIMS, k, v)));
+        add(CLAIMS, h.entry(CLAIMS, k, v));
     }
     for (k, v) in &s.reports {
-        add(REPORTS, &|| (bucket(REPORTS, k), entry_hash(REPORTS, k, v)));
+        add(REPORTS, h.entry(REPORTS, k, v));
     }
     for (k, v) in &s.graveyard {
-        add(GRAVEYARD, &|| {
-            (bucket(GRAVEYARD, k), entry_hash(GRAVEYARD, k, v))
-        });
+        add(GRAVEYARD, h.entry(GRAVEYARD, k, v));
     }
     for (k, v) in &s.drains {
-        add(DRAINS, &|| (bucket(DRAINS, k), entry_hash(DRAINS, k, v)));
+        add(DRAINS, h.entry(DRAINS, k, v));
     }
     Digest { buckets }
 }
@@ -134,12 +143,13 @@ pub fn entries_in(
     // One pass: each wanted entry's bucket and size, in the state's own order.
     let mut per_bucket = [0usize; BUCKETS];
     let mut count = [0usize; BUCKETS];
+    let mut h = Hasher::default();
     macro_rules! measure {
         ($field:ident, $tag:expr) => {
             s.$field
                 .iter()
                 .map(|(k, v)| {
-                    let b = bucket($tag, k);
+                    let b = h.bucket($tag, k);
                     if buckets.contains(&b) {
                         per_bucket[b] = per_bucket[b].saturating_add(size(k, v));
                         count[b] += 1;

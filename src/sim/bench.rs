@@ -35,8 +35,12 @@ pub struct Figures {
     pub slots_placed: u64,
     /// Deploy → every slot started, ms.
     pub place_ms: Option<u64>,
-    /// Live nodes marked down by anyone during an idle period at 10% loss.
+    /// Spread strategy evenness of that deploy: `(min, max)` instances per node.
+    pub spread_min_max: Option<(usize, usize)>,
+    /// Live nodes marked down by anyone during `LOSS_MS` at 10% loss.
     pub false_deaths_at_10pct_loss: Option<usize>,
+    /// Crashes not detected by 99% of live nodes within 30 s.
+    pub undetected: usize,
     pub virtual_ms: u64,
     pub wall_s: f64,
 }
@@ -51,8 +55,10 @@ pub fn percentile(v: &[u64], p: f64) -> Option<u64> {
     Some(s[rank - 1])
 }
 
-/// Runs every measurement on a fleet of `nodes`. `crashes` and `writes` set the sample sizes.
-pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figures {
+/// Runs every measurement on a fleet of `nodes`. `crashes` and `writes` set the sample sizes,
+/// `slots` the size of the one deploy that measures the placement rate (its service stays
+/// deployed during the crashes).
+pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u32) -> Figures {
     let wall = Instant::now();
     let mut f = Figures {
         nodes,
@@ -67,10 +73,20 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
     let mut sim = Sim::new(cfg);
     sim.start_all(2);
     let n = nodes;
+    let phase = |sim: &Sim, what: &str| {
+        eprintln!(
+            "  {nodes} nodes: {what} at {:.1} virtual s, {:.1} wall s, {} inputs",
+            sim.now.0 as f64 / 1000.0,
+            wall.elapsed().as_secs_f64(),
+            sim.delivered
+        );
+    };
+    phase(&sim, "started");
     f.join_ms = sim.run_until_true(120_000, 200, |s| {
         s.up().all(|(_, node)| node.members().present_count() == n)
     });
     sim.run_for(6_000);
+    phase(&sim, "joined");
 
     // Idle traffic: nothing deployed, everyone joined.
     let (b0, s0, y0) = traffic(&sim);
@@ -81,6 +97,7 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
     f.idle_bytes_per_node_s = per(b0, b1);
     f.idle_swim_bytes_per_node_s = per(s0, s1);
     f.idle_sync_bytes_per_node_s = per(y0, y1);
+    phase(&sim, "idle measured");
 
     // Write → visible everywhere (a service with no replicas: only the write travels).
     for k in 0..writes {
@@ -104,8 +121,8 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
         sim.run_for(200);
     }
 
-    // Placement: two slots per node in one deploy.
-    let slots = 2 * nodes as u32;
+    phase(&sim, "writes measured");
+    // Placement: `slots` slots in one deploy.
     let (bids0, batches0) = (sim.bids, sim.bid_batches);
     sim.api(
         0,
@@ -117,7 +134,23 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
     f.slots_placed = u64::from(slots);
     f.bids_per_slot = (sim.bids - bids0) as f64 / f64::from(slots);
     f.bid_messages_per_slot = (sim.bid_batches - batches0) as f64 / f64::from(slots);
+    let web = ServiceName("web".into());
+    let per_node: Vec<usize> = sim
+        .nodes
+        .iter()
+        .map(|n| {
+            n.runtime
+                .live()
+                .filter(|i| i.spec.key.slot.service == web)
+                .count()
+        })
+        .collect();
+    f.spread_min_max = Some((
+        per_node.iter().copied().min().unwrap_or(0),
+        per_node.iter().copied().max().unwrap_or(0),
+    ));
     sim.run_for(5_000);
+    phase(&sim, "placement measured");
 
     // Crashes: detection at 99% of live nodes, then every slot running once again.
     for k in 0..crashes {
@@ -136,8 +169,9 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
                 .count();
             knows * 100 >= live.len() * 99
         });
-        if let Some(t) = detected {
-            f.detect_ms.push(t);
+        match detected {
+            Some(t) => f.detect_ms.push(t),
+            None => f.undetected += 1,
         }
         let replaced = sim.run_until_true(30_000, 50, |s| {
             s.up().next().is_some_and(|(_, node)| {
@@ -150,19 +184,22 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize) -> Figure
         sim.run_for(2_000);
     }
 
-    // False deaths: 20 s idle at 10% loss.
+    phase(&sim, "crashes measured");
+    // False deaths: `LOSS_MS` idle at 10% loss, checked every second.
     sim.net.loss_permille = 100;
     let before: Vec<usize> = sim.up().map(|(i, _)| i).collect();
-    sim.run_for(20_000);
-    sim.net.loss_permille = 0;
     let mut false_deaths = std::collections::BTreeSet::new();
-    for (_, node) in sim.up() {
-        for &j in &before {
-            if node.members().state(&nid(j)) == Some(PeerState::Down) {
-                false_deaths.insert(j);
+    for _ in 0..LOSS_MS / 1_000 {
+        sim.run_for(1_000);
+        for (_, node) in sim.up() {
+            for &j in &before {
+                if node.members().state(&nid(j)) == Some(PeerState::Down) {
+                    false_deaths.insert(j);
+                }
             }
         }
     }
+    sim.net.loss_permille = 0;
     f.false_deaths_at_10pct_loss = Some(false_deaths.len());
 
     f.virtual_ms = sim.now.0;
@@ -176,6 +213,190 @@ fn traffic(sim: &Sim) -> (u64, u64, u64) {
         sim.net.by_kind[super::net::Kind::Swim as usize].bytes,
         sim.net.by_kind[super::net::Kind::Sync as usize].bytes,
     )
+}
+
+/// Failure detection alone, for comparing SWIM parameter sets on the same seed: the same
+/// fleet, the same victims, the same loss, nothing deployed.
+#[derive(Clone, Debug, Default)]
+pub struct MembershipFigures {
+    pub nodes: usize,
+    /// Crash → known down at 99% of live nodes, ms, one sample per crash.
+    pub detect_ms: Vec<u64>,
+    /// Crashes not detected by 99% of live nodes within the 60 s limit.
+    pub undetected: usize,
+    /// Live nodes anyone marked down during `LOSS_MS` at 10% loss.
+    pub false_deaths: usize,
+    /// Idle SWIM bytes sent per node per second (headers included).
+    pub idle_swim_bytes_per_node_s: f64,
+    pub virtual_ms: u64,
+    pub wall_s: f64,
+}
+
+/// How long the fleet idles at 10% loss when false deaths are counted (longer than
+/// memberlist's 8–12 s suspicion timeout so that a false suspicion can complete).
+pub const LOSS_MS: u64 = 30_000;
+
+/// Runs the detection measurements with `tuning` (None: our `lan` profile for the fleet size).
+pub fn measure_membership(
+    seed: u64,
+    nodes: usize,
+    crashes: usize,
+    tuning: Option<crate::membership::SwimTuning>,
+) -> MembershipFigures {
+    let wall = Instant::now();
+    let mut cfg = SimConfig::lan(seed, nodes);
+    cfg.check_safety = false;
+    cfg.swim_tuning = tuning;
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let n = nodes;
+    sim.run_until_true(180_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    });
+    sim.run_for(6_000);
+    let s0 = sim.net.by_kind[super::net::Kind::Swim as usize].bytes;
+    sim.run_for(20_000);
+    let s1 = sim.net.by_kind[super::net::Kind::Swim as usize].bytes;
+    let mut f = MembershipFigures {
+        nodes,
+        idle_swim_bytes_per_node_s: (s1 - s0) as f64 / nodes as f64 / 20.0,
+        ..MembershipFigures::default()
+    };
+    eprintln!(
+        "  {nodes} nodes (membership): joined and idle at {:.1} virtual s, {:.1} wall s",
+        sim.now.0 as f64 / 1000.0,
+        wall.elapsed().as_secs_f64()
+    );
+    for k in 0..crashes {
+        let victim = 1 + (k * 104_729) % (nodes - 1);
+        if !sim.nodes[victim].up() {
+            continue;
+        }
+        let vid = nid(victim);
+        sim.crash(victim, Crash::Machine);
+        let detected = sim.run_until_true(60_000, 10, |s| {
+            let live = s.up().count();
+            let knows = s
+                .up()
+                .filter(|(_, node)| !node.members().state(&vid).is_some_and(PeerState::present))
+                .count();
+            knows * 100 >= live * 99
+        });
+        match detected {
+            Some(t) => f.detect_ms.push(t),
+            None => f.undetected += 1,
+        }
+        sim.run_for(2_000);
+    }
+    eprintln!(
+        "  {nodes} nodes (membership): crashes measured at {:.1} virtual s, {:.1} wall s",
+        sim.now.0 as f64 / 1000.0,
+        wall.elapsed().as_secs_f64()
+    );
+    sim.net.loss_permille = 100;
+    let before: Vec<usize> = sim.up().map(|(i, _)| i).collect();
+    let mut dead = std::collections::BTreeSet::new();
+    // Checked every second: a falsely dead node may rejoin before the end.
+    for _ in 0..LOSS_MS / 1_000 {
+        sim.run_for(1_000);
+        for (_, node) in sim.up() {
+            for &j in &before {
+                if node.members().state(&nid(j)) == Some(PeerState::Down) {
+                    dead.insert(j);
+                }
+            }
+        }
+    }
+    sim.net.loss_permille = 0;
+    f.false_deaths = dead.len();
+    f.virtual_ms = sim.now.0;
+    f.wall_s = wall.elapsed().as_secs_f64();
+    f
+}
+
+/// Placement quality: machines hosting at least one instance after a `binpack` deploy of mixed
+/// sizes through the real auction, against the central baselines on the same requests.
+#[derive(Clone, Debug, Default)]
+pub struct PackingFigures {
+    pub nodes: usize,
+    pub slots: usize,
+    /// Machines hosting ≥ 1 instance once every slot runs once (None: never placed).
+    pub auction_machines: Option<usize>,
+    pub best_fit_machines: usize,
+    pub ffd_machines: usize,
+    pub lower_bound: usize,
+    pub place_ms: Option<u64>,
+    pub virtual_ms: u64,
+    pub wall_s: f64,
+}
+
+/// The mixed `binpack` workload for a fleet of `nodes`: per 100 nodes, 40 × 1 CPU / 1 GiB,
+/// 60 × 0.5 / 512 MiB, 80 × 0.25 / 256 MiB, 20 × 1.5 / 2 GiB, 10 × 2 / 1 GiB and
+/// 10 × 0.2 / 3 GiB (about 36% of the fleet's CPU, 21% of its memory).
+pub fn binpack_workload(nodes: usize) -> Vec<crate::spec::ServiceSpec> {
+    let per = |k: usize| ((k * nodes).div_ceil(100)) as u32;
+    let mi = |m: u64| m << 20;
+    [
+        ("pack-a", 40, 1_000, mi(1_024)),
+        ("pack-b", 60, 500, mi(512)),
+        ("pack-c", 80, 250, mi(256)),
+        ("pack-d", 20, 1_500, mi(2_048)),
+        ("pack-e", 10, 2_000, mi(1_024)),
+        ("pack-f", 10, 200, mi(3_072)),
+    ]
+    .into_iter()
+    .map(|(name, k, cpu, mem)| {
+        let mut s = service(name, per(k), cpu);
+        s.resources.memory_bytes = mem;
+        s.strategy = crate::spec::Strategy::Binpack;
+        s
+    })
+    .collect()
+}
+
+/// Deploys `binpack_workload(nodes)` in one write and compares machines used.
+pub fn measure_binpack(seed: u64, nodes: usize) -> PackingFigures {
+    let wall = Instant::now();
+    let mut cfg = SimConfig::lan(seed, nodes);
+    cfg.check_safety = false;
+    let capacity = cfg.capacity;
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let n = nodes;
+    sim.run_until_true(180_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    });
+    sim.run_for(6_000);
+    let specs = binpack_workload(nodes);
+    // The requests in the order the deploy lists its slots: service by service, index order.
+    let requests: Vec<Resources> = specs
+        .iter()
+        .flat_map(|s| std::iter::repeat_n(s.resources, s.replicas as usize))
+        .collect();
+    let caps = vec![capacity; nodes];
+    let bf = super::baseline::best_fit(&caps, &requests).expect("the workload fits the fleet");
+    let ffd = super::baseline::first_fit_decreasing(&caps, &requests)
+        .expect("the workload fits the fleet");
+    sim.api(0, ApiRequest::Deploy { specs });
+    let place_ms = until_placed(&mut sim, 120_000);
+    sim.run_for(2_000);
+    let auction_machines = place_ms.map(|_| {
+        sim.nodes
+            .iter()
+            .filter(|n| n.runtime.live().next().is_some())
+            .count()
+    });
+    PackingFigures {
+        nodes,
+        slots: requests.len(),
+        auction_machines,
+        best_fit_machines: bf.machines_used,
+        ffd_machines: ffd.machines_used,
+        lower_bound: super::baseline::lower_bound(capacity, &requests),
+        place_ms,
+        virtual_ms: sim.now.0,
+        wall_s: wall.elapsed().as_secs_f64(),
+    }
 }
 
 /// Convergence after a partition heals: the sweep's heal → liveness time over `seeds`.
@@ -196,68 +417,236 @@ fn p(v: &[u64], q: f64) -> String {
     percentile(v, q).map_or("–".into(), |x| format!("{:.2} s", x as f64 / 1000.0))
 }
 
-/// The Markdown report: one table against the §10 goals, then the raw figures per size.
-pub fn markdown(figs: &[Figures], heal: Option<(usize, Vec<u64>, usize)>) -> String {
-    let mut s = String::new();
-    s.push_str("| goal (DESIGN.md §10) | target | nodes | measured (simulated, LAN profile) |\n");
-    s.push_str("| --- | --- | --- | --- |\n");
-    for f in figs {
-        let n = f.nodes;
-        s.push_str(&format!(
-            "| node killed → replacement running | p50 ≤ 3 s, p99 ≤ 5 s | {n} | p50 {}, p99 {} ({} crashes) |\n",
-            p(&f.replace_ms, 0.5),
-            p(&f.replace_ms, 0.99),
-            f.replace_ms.len()
-        ));
-        s.push_str(&format!(
-            "| crash → known dead at 99% of nodes | p99 ≤ 3 s | {n} | p50 {}, p99 {} ({} crashes) |\n",
-            p(&f.detect_ms, 0.5),
-            p(&f.detect_ms, 0.99),
-            f.detect_ms.len()
-        ));
-        s.push_str(&format!(
-            "| no false deaths at 10% loss | 0 | {n} | {} live nodes marked down during 20 s at 10% loss |\n",
-            f.false_deaths_at_10pct_loss
-                .map_or("–".into(), |d| d.to_string())
-        ));
-        s.push_str(&format!(
-            "| write → visible on every node | p99 ≤ 1 s | {n} | p50 {}, p99 {} ({} writes) |\n",
-            p(&f.write_ms, 0.5),
-            p(&f.write_ms, 0.99),
-            f.write_ms.len()
-        ));
-        let rate = f.place_ms.filter(|t| *t > 0).map_or("–".into(), |t| {
-            format!("{:.0}/s", f.slots_placed as f64 * 1000.0 / t as f64)
-        });
-        s.push_str(&format!(
-            "| placements per second | ≥ 10,000/s simulated | {n} | {rate} ({} slots in one deploy, deploy → all started in {}) |\n",
-            f.slots_placed,
-            f.place_ms
-                .map_or("never".into(), |t| format!("{:.2} s", t as f64 / 1000.0))
-        ));
-        s.push_str(&format!(
-            "| bid messages per placed slot | (flat in fleet size) | {n} | {:.2} bid batches, {:.2} bids per slot |\n",
-            f.bid_messages_per_slot, f.bids_per_slot
-        ));
-        s.push_str(&format!(
-            "| idle traffic per node | ≤ 1 KB/s | {n} | {:.0} B/s sent (SWIM {:.0}, anti-entropy {:.0}) |\n",
-            f.idle_bytes_per_node_s, f.idle_swim_bytes_per_node_s, f.idle_sync_bytes_per_node_s
-        ));
-        s.push_str(&format!(
-            "| simulator speed | – | {n} | {:.1} simulated s per wall s ({:.0} s simulated in {:.0} s, release build) |\n",
-            f.virtual_ms as f64 / 1000.0 / f.wall_s.max(1e-9),
-            f.virtual_ms as f64 / 1000.0,
-            f.wall_s
-        ));
-    }
-    if let Some((nodes, v, failed)) = heal {
-        s.push_str(&format!(
-            "| exactly N after a partition heals | p99 ≤ 5 s (LAN) | {nodes} | p50 {}, p99 {} ({} sweep seeds, {} did not converge) |\n",
-            p(&v, 0.5),
-            p(&v, 0.99),
-            v.len(),
-            failed
-        ));
+/// Everything one `shoal-sim bench` run measured.
+#[derive(Clone, Debug, Default)]
+pub struct Report {
+    pub figs: Vec<Figures>,
+    /// Detection with our `lan` profile and with memberlist's defaults, same seeds, by size.
+    pub ours_membership: Vec<MembershipFigures>,
+    pub memberlist: Vec<MembershipFigures>,
+    pub packing: Vec<PackingFigures>,
+    /// `(nodes, heal → exactly N ms per converged seed, seeds that did not converge)`.
+    pub heal: Option<(usize, Vec<u64>, usize)>,
+}
+
+fn secs(v: Option<u64>) -> String {
+    v.map_or("–".into(), |x| format!("{:.2} s", x as f64 / 1000.0))
+}
+
+fn detect(m: &MembershipFigures) -> String {
+    let mut s = format!(
+        "p50 {}, p99 {}",
+        secs(percentile(&m.detect_ms, 0.5)),
+        secs(percentile(&m.detect_ms, 0.99))
+    );
+    if m.undetected > 0 {
+        s.push_str(&format!(", {} not within 60 s", m.undetected));
     }
     s
+}
+
+impl Report {
+    /// The goals table of DESIGN.md §10 with the baseline measured beside ours, per size.
+    pub fn goals_markdown(&self) -> String {
+        let mut s = String::new();
+        s.push_str("| goal (DESIGN.md §10) | anchor | nodes | baseline in this simulator | ours (simulated) | target |\n");
+        s.push_str("| --- | --- | --- | --- | --- | --- |\n");
+        for o in &self.ours_membership {
+            // The baseline on the same fleet size, when it was measured.
+            let m = self.memberlist.iter().find(|m| m.nodes == o.nodes);
+            let base = |f: &dyn Fn(&MembershipFigures) -> String| {
+                m.map_or("not measured".into(), |m| {
+                    format!("memberlist defaults: {}", f(m))
+                })
+            };
+            s.push_str(&format!(
+                "| crash → known dead at 99% of nodes | memberlist defaults 12–72 s | {} | {} | {} ({} crashes) | p99 ≤ 3 s |\n",
+                o.nodes,
+                base(&|m| format!("{} ({} crashes)", detect(m), m.detect_ms.len() + m.undetected)),
+                detect(o),
+                o.detect_ms.len() + o.undetected
+            ));
+            s.push_str(&format!(
+                "| no false deaths at 10% loss | – | {} | {} | {} | 0 |\n",
+                o.nodes,
+                base(&|m| m.false_deaths.to_string()),
+                o.false_deaths
+            ));
+            s.push_str(&format!(
+                "| idle SWIM traffic per node | Serf up to ≈ 42 KB/s | {} | {} | {:.0} B/s | (part of ≤ 1 KB/s) |\n",
+                o.nodes,
+                base(&|m| format!("{:.0} B/s", m.idle_swim_bytes_per_node_s)),
+                o.idle_swim_bytes_per_node_s
+            ));
+        }
+        for p in &self.packing {
+            let ratio = |m: usize| {
+                p.auction_machines.map_or("–".into(), |a| {
+                    format!("{:.3}×", a as f64 / m.max(1) as f64)
+                })
+            };
+            s.push_str(&format!(
+                "| placement quality vs a central best-fit | Sparrow within 12% of ideal | {} | best-fit {} machines, FFD {}, volume bound {} ({} binpack slots) | {} machines: {} best-fit, {} FFD | ≤ 1.05× best-fit |\n",
+                p.nodes,
+                p.best_fit_machines,
+                p.ffd_machines,
+                p.lower_bound,
+                p.slots,
+                p.auction_machines.map_or("never placed".into(), |a| a.to_string()),
+                ratio(p.best_fit_machines),
+                ratio(p.ffd_machines)
+            ));
+        }
+        for f in &self.figs {
+            let n = f.nodes;
+            s.push_str(&format!(
+                "| node killed → replacement running | Kubernetes ≈ 350 s, Nomad ≈ 20–30 s, Swarm ≈ 15 s | {n} | – | p50 {}, p99 {} ({} crashes) | p50 ≤ 3 s, p99 ≤ 5 s |\n",
+                p(&f.replace_ms, 0.5), p(&f.replace_ms, 0.99), f.replace_ms.len()
+            ));
+            s.push_str(&format!(
+                "| write → visible on every node | Serf ≈ 2.2 s | {n} | – | p50 {}, p99 {} ({} writes) | p99 ≤ 1 s |\n",
+                p(&f.write_ms, 0.5), p(&f.write_ms, 0.99), f.write_ms.len()
+            ));
+            let rate = f.place_ms.filter(|t| *t > 0).map_or("–".into(), |t| {
+                format!("{:.0}/s", f.slots_placed as f64 * 1000.0 / t as f64)
+            });
+            s.push_str(&format!(
+                "| placements per second | Nomad ≈ 1,500–3,750/s | {n} | – | {rate} ({} slots in one deploy, all started after {}) | ≥ 10,000/s simulated |\n",
+                f.slots_placed,
+                secs(f.place_ms)
+            ));
+            s.push_str(&format!(
+                "| bids per placed slot | – | {n} | – | {:.2} bids in {:.2} bid messages | flat in fleet size |\n",
+                f.bids_per_slot, f.bid_messages_per_slot
+            ));
+            if let Some((lo, hi)) = f.spread_min_max {
+                s.push_str(&format!(
+                    "| spread evenness ({} slots over {n} nodes) | – | {n} | – | {lo}–{hi} instances per node | – |\n",
+                    f.slots_placed
+                ));
+            }
+            s.push_str(&format!(
+                "| idle traffic per node (all kinds) | Serf up to ≈ 42 KB/s | {n} | – | {:.0} B/s (SWIM {:.0}, anti-entropy {:.0}) | ≤ 1 KB/s |\n",
+                f.idle_bytes_per_node_s, f.idle_swim_bytes_per_node_s, f.idle_sync_bytes_per_node_s
+            ));
+            s.push_str(&format!(
+                "| simulator speed | – | {n} | – | {:.2} simulated s per wall s ({:.0} s in {:.0} s) | – |\n",
+                f.virtual_ms as f64 / 1000.0 / f.wall_s.max(1e-9),
+                f.virtual_ms as f64 / 1000.0,
+                f.wall_s
+            ));
+        }
+        if let Some((nodes, v, failed)) = &self.heal {
+            s.push_str(&format!(
+                "| exactly N after a partition heals | nobody publishes it | {nodes} | – | p50 {}, p99 {} ({} sweep seeds, {} did not converge) | p99 ≤ 5 s (LAN) |\n",
+                p(v, 0.5), p(v, 0.99), v.len(), failed
+            ));
+        }
+        s
+    }
+
+    /// The plots: `(file name, SVG)`.
+    pub fn charts(&self) -> Vec<(String, String)> {
+        use super::plot::{Chart, Series};
+        let mut out = Vec::new();
+        let series = |name: &str, pts: Vec<(u64, f64)>| Series {
+            name: name.into(),
+            points: pts,
+        };
+        let p99 = |v: &[MembershipFigures]| -> Vec<(u64, f64)> {
+            v.iter()
+                .filter_map(|m| {
+                    percentile(&m.detect_ms, 0.99).map(|t| (m.nodes as u64, t as f64 / 1000.0))
+                })
+                .collect()
+        };
+        out.push((
+            "detection-p99.svg".into(),
+            Chart {
+                title: "crash → known dead at 99% of nodes, p99".into(),
+                x_label: "nodes".into(),
+                y_label: "seconds (virtual)".into(),
+                series: vec![
+                    series("ours (lan profile)", p99(&self.ours_membership)),
+                    series("memberlist defaults", p99(&self.memberlist)),
+                ],
+                goal: Some(("goal 3 s".into(), 3.0)),
+            }
+            .svg(),
+        ));
+        let swim = |v: &[MembershipFigures]| -> Vec<(u64, f64)> {
+            v.iter()
+                .map(|m| (m.nodes as u64, m.idle_swim_bytes_per_node_s))
+                .collect()
+        };
+        let total: Vec<(u64, f64)> = self
+            .figs
+            .iter()
+            .map(|f| (f.nodes as u64, f.idle_bytes_per_node_s))
+            .collect();
+        out.push((
+            "idle-bytes.svg".into(),
+            Chart {
+                title: "idle traffic sent per node".into(),
+                x_label: "nodes".into(),
+                y_label: "bytes per second".into(),
+                series: vec![
+                    series("ours, all kinds", total),
+                    series("ours, SWIM only", swim(&self.ours_membership)),
+                    series("memberlist defaults, SWIM only", swim(&self.memberlist)),
+                ],
+                goal: Some(("goal 1 KB/s".into(), 1000.0)),
+            }
+            .svg(),
+        ));
+        out.push((
+            "bids-per-slot.svg".into(),
+            Chart {
+                title: "auction cost per placed slot".into(),
+                x_label: "nodes".into(),
+                y_label: "per slot".into(),
+                series: vec![
+                    series(
+                        "bids",
+                        self.figs
+                            .iter()
+                            .map(|f| (f.nodes as u64, f.bids_per_slot))
+                            .collect(),
+                    ),
+                    series(
+                        "bid messages",
+                        self.figs
+                            .iter()
+                            .map(|f| (f.nodes as u64, f.bid_messages_per_slot))
+                            .collect(),
+                    ),
+                ],
+                goal: None,
+            }
+            .svg(),
+        ));
+        let pack = |m: fn(&PackingFigures) -> Option<usize>| -> Vec<(u64, f64)> {
+            self.packing
+                .iter()
+                .filter_map(|p| m(p).map(|v| (p.nodes as u64, v as f64)))
+                .collect()
+        };
+        out.push((
+            "machines-vs-oracle.svg".into(),
+            Chart {
+                title: "machines hosting ≥ 1 instance, binpack workload".into(),
+                x_label: "nodes".into(),
+                y_label: "machines".into(),
+                series: vec![
+                    series("ours (auction)", pack(|p| p.auction_machines)),
+                    series("central best-fit", pack(|p| Some(p.best_fit_machines))),
+                    series("first-fit-decreasing", pack(|p| Some(p.ffd_machines))),
+                    series("volume lower bound", pack(|p| Some(p.lower_bound))),
+                ],
+                goal: None,
+            }
+            .svg(),
+        ));
+        out
+    }
 }

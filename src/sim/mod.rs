@@ -9,9 +9,11 @@
 //! It does not model the agent shell's queues, the store's group commits or libp2p's own
 //! behaviour (gossipsub meshes, connection setup): a broadcast reaches every live node directly.
 
+pub mod baseline;
 pub mod bench;
 pub mod invariants;
 pub mod net;
+pub mod plot;
 pub mod runtime;
 pub mod scenario;
 
@@ -22,7 +24,7 @@ use rand::rngs::StdRng;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ids::{InstanceKey, Millis, NodeId};
-use crate::membership::Profile;
+use crate::membership::{Profile, SwimTuning};
 use crate::node::{
     ApiReply, ApiRequest, CoreTiming, Input, Message, Node, NodeConfig, Output, SyncMsg, TestBugs,
     Topic,
@@ -42,6 +44,8 @@ pub struct SimConfig {
     pub nodes: usize,
     pub net: NetProfile,
     pub swim: Profile,
+    /// Replaces `swim.tuning(nodes)` when set (the memberlist baseline, overrides).
+    pub swim_tuning: Option<SwimTuning>,
     pub timing: CoreTiming,
     pub capacity: Resources,
     pub bugs: TestBugs,
@@ -63,6 +67,7 @@ impl SimConfig {
             nodes,
             net: NetProfile::Lan,
             swim: Profile::Lan,
+            swim_tuning: None,
             timing: CoreTiming::lan(),
             capacity: Resources {
                 cpu_millis: 4_000,
@@ -764,7 +769,11 @@ fn node_config(cfg: &SimConfig, i: usize, incarnation: u64) -> NodeConfig {
         agent_version: "sim".into(),
         timing: cfg.timing.clone(),
         addrs: vec![format!("/sim/{i}")],
-        swim: Some(cfg.swim.tuning(cfg.nodes as u32)),
+        swim: Some(
+            cfg.swim_tuning
+                .clone()
+                .unwrap_or_else(|| cfg.swim.tuning(cfg.nodes as u32)),
+        ),
         bugs: cfg.bugs,
     }
 }

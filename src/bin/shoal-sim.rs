@@ -5,7 +5,7 @@
 //! and the baselines run in the same simulator on the same seed), prints the Markdown table and
 //! writes it to `OUT_DIR/figures.md` with the SVG plots, after every step (a long run that is
 //! stopped keeps what it measured). `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
-//! violations. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
+//! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
 use shoal::membership::SwimTuning;
@@ -118,7 +118,12 @@ fn main() -> anyhow::Result<()> {
             }
             print!("{}", report.goals_markdown());
         }
-        other => bail!("unknown command {other:?}: use bench or sweep"),
+        "packing" => {
+            let nodes = num("--nodes", 100)? as usize;
+            let f = bench::measure_binpack(seed, nodes);
+            println!("{f:?}");
+        }
+        other => bail!("unknown command {other:?}: use bench, packing or sweep"),
     }
     Ok(())
 }

@@ -182,8 +182,13 @@ pub fn eligible(facts: &NodeFacts, spec: &ServiceSpec) -> Result<(), Ineligible>
 
 /// Score scale: a node with everything free after placement scores `SCALE` for `spread`.
 pub const SCALE: u64 = 1_000_000;
-/// Penalty per instance of the same service already on the node.
+/// Penalty per instance of the same service already on the node (`spread`).
 pub const SAME_SERVICE_PENALTY: u64 = 200_000;
+/// The same penalty under `binpack`: it only breaks near-ties between equally full nodes. At
+/// the `spread` weight it outweighed what one more slot adds to a node's fullness (0.05–0.2 of
+/// `SCALE` for typical sizes), so binpack spread replicas one per node and used 1.26× the
+/// machines of a central best-fit in the simulator.
+pub const BINPACK_SAME_SERVICE_PENALTY: u64 = SCALE / 100;
 /// Penalty per instance of the same service on nodes sharing this node's `spread` label value.
 pub const SPREAD_PENALTY: u64 = 400_000;
 /// Added to every score so that penalties never push it below zero: at most `MAX_REPLICAS`
@@ -230,7 +235,11 @@ pub fn score(facts: &NodeFacts, spec: &ServiceSpec, spread: SpreadView) -> Optio
         Strategy::Binpack => SCALE - free_fraction.min(SCALE),
     };
     let same = facts.per_service.get(&spec.name).copied().unwrap_or(0) as u64;
-    let penalty = same * SAME_SERVICE_PENALTY + spread.same_value as u64 * SPREAD_PENALTY;
+    let per_same = match spec.strategy {
+        Strategy::Spread => SAME_SERVICE_PENALTY,
+        Strategy::Binpack => BINPACK_SAME_SERVICE_PENALTY,
+    };
+    let penalty = same * per_same + spread.same_value as u64 * SPREAD_PENALTY;
     Some((BASE + fit).saturating_sub(penalty))
 }
 
@@ -472,6 +481,32 @@ mod tests {
         assert!(score(&empty, &s, SpreadView::default()) > score(&busy, &s, SpreadView::default()));
         s.strategy = crate::spec::Strategy::Binpack;
         assert!(score(&empty, &s, SpreadView::default()) < score(&busy, &s, SpreadView::default()));
+    }
+
+    #[test]
+    fn binpack_fills_the_fuller_node_even_when_it_hosts_the_same_service() {
+        let mut s = web();
+        s.strategy = crate::spec::Strategy::Binpack;
+        s.resources = Resources {
+            cpu_millis: 500,
+            memory_bytes: 512 << 20,
+        };
+        let empty = facts(4000, 4 << 30);
+        let mut fuller = facts(4000, 4 << 30);
+        fuller.allocated = Resources {
+            cpu_millis: 1000,
+            memory_bytes: 1 << 30,
+        };
+        fuller.per_service.insert(s.name.clone(), 2);
+        assert!(
+            score(&fuller, &s, SpreadView::default()) > score(&empty, &s, SpreadView::default())
+        );
+        // Between equally full nodes, the one without the service still wins.
+        let mut same_fill = empty.clone();
+        same_fill.per_service.insert(s.name.clone(), 1);
+        assert!(
+            score(&empty, &s, SpreadView::default()) > score(&same_fill, &s, SpreadView::default())
+        );
     }
 
     #[test]

@@ -504,7 +504,7 @@ fn both_sides_of_a_healed_partition_rejoin_even_when_every_node_renewed_at_once(
     // renews its identity and goes silent until someone talks to it first. The membership
     // layer must talk first (the chaos harness's majority-partition found fleets that stayed
     // split for good).
-    let seeds = knob(std::env::var("SWIM_SEEDS").ok().as_deref(), 12);
+    let seeds = knob(option_env!("MEMBERSHIP_HEAL_SEEDS"), 12);
     let mut stuck = Vec::new();
     for k in 0..seeds {
         let seed = seed(900) + k;

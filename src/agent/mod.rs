@@ -454,11 +454,14 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
 }
 
 /// Keeps `<data-dir>/majority.lease` current (see `runtime::lease`): rewritten at most once a
-/// second, and at once when the lease runs out or comes back.
+/// second, and at once when the lease runs out or comes back. The write runs on tokio's
+/// blocking pool (the loop never waits on the disk), one at a time: a renewal due while the
+/// previous write is still in flight waits for the next turn.
 struct LeaseWriter {
     path: std::path::PathBuf,
     last: Option<(Instant, bool)>,
-    failing: bool,
+    in_flight: Option<tokio::task::JoinHandle<()>>,
+    failing: Arc<std::sync::atomic::AtomicBool>,
 }
 
 impl LeaseWriter {
@@ -466,7 +469,8 @@ impl LeaseWriter {
         LeaseWriter {
             path,
             last: None,
-            failing: false,
+            in_flight: None,
+            failing: Arc::default(),
         }
     }
 
@@ -475,18 +479,24 @@ impl LeaseWriter {
         if self
             .last
             .is_some_and(|(t, h)| h == holds && t.elapsed() < Duration::from_secs(1))
+            || self.in_flight.as_ref().is_some_and(|w| !w.is_finished())
         {
             return;
         }
         self.last = Some((Instant::now(), holds));
-        match crate::runtime::lease::write_lease(&self.path, valid_for_ms) {
-            Ok(()) => self.failing = false,
-            Err(e) if !self.failing => {
-                self.failing = true;
-                warn!(path = %self.path.display(), error = %e, "cannot renew the majority lease: majority instances here will be stopped when it runs out; free disk space or fix the data dir's permissions");
+        let path = self.path.clone();
+        let failing = self.failing.clone();
+        self.in_flight = Some(tokio::task::spawn_blocking(move || {
+            use std::sync::atomic::Ordering;
+            match crate::runtime::lease::write_lease(&path, valid_for_ms) {
+                Ok(()) => failing.store(false, Ordering::Relaxed),
+                Err(e) => {
+                    if !failing.swap(true, Ordering::Relaxed) {
+                        warn!(path = %path.display(), error = %e, "cannot renew the majority lease: majority instances here will be stopped when it runs out; free disk space or fix the data dir's permissions");
+                    }
+                }
             }
-            Err(_) => {}
-        }
+        }));
     }
 }
 

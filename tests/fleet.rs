@@ -382,22 +382,29 @@ fn faults(f: &Fleet, i: usize, body: &str) {
     assert!(r.starts_with("HTTP/1.1 200"), "faults on n{i}: {r}");
 }
 
+/// Deploys `svc` as a `partition: majority` singleton through agent 0 and waits until it runs:
+/// its process (slot, epoch, pid) and the id of the node that owns it.
+fn deploy_singleton(f: &Fleet, svc: &str) -> ((u32, u64, u32), String) {
+    let spec = sleep_service(f.root.path(), svc, 1, "partition: majority\n");
+    f.agents[0].ok(&["deploy", "-f", &spec]);
+    let first = wait_for("the singleton running", Duration::from_secs(60), || {
+        let procs = instance_processes(svc);
+        (procs.len() == 1).then(|| procs[0])
+    });
+    let owner_id = wait_for("its owner reported", Duration::from_secs(30), || {
+        let rows = f.ps(0, svc);
+        (rows.len() == 1 && rows[0]["state"] == "running")
+            .then(|| rows[0]["node"].as_str().unwrap().to_string())
+    });
+    (first, owner_id)
+}
+
 #[test]
 fn a_majority_singleton_cut_off_in_a_minority_moves_to_the_majority_and_never_runs_twice() {
     let _g = serial();
     let f = Fleet::start(5, &["--test-faults"]);
     let svc = unique("single");
-    let spec = sleep_service(f.root.path(), &svc, 1, "partition: majority\n");
-    f.agents[0].ok(&["deploy", "-f", &spec]);
-    let first = wait_for("the singleton running", Duration::from_secs(60), || {
-        let procs = instance_processes(&svc);
-        (procs.len() == 1).then(|| procs[0])
-    });
-    let owner_id = wait_for("its owner reported", Duration::from_secs(30), || {
-        let rows = f.ps(0, &svc);
-        (rows.len() == 1 && rows[0]["state"] == "running")
-            .then(|| rows[0]["node"].as_str().unwrap().to_string())
-    });
+    let (first, owner_id) = deploy_singleton(&f, &svc);
     let ids: Vec<String> = (0..5).map(|i| f.id(i)).collect();
     let owner = ids.iter().position(|id| *id == owner_id).unwrap();
     // The owner and one other node form a minority of 2 out of 5.
@@ -456,17 +463,7 @@ fn a_majority_singleton_whose_agent_is_paused_is_stopped_by_its_lease_before_it_
     let _g = serial();
     let f = Fleet::start(3, &[]);
     let svc = unique("leased");
-    let spec = sleep_service(f.root.path(), &svc, 1, "partition: majority\n");
-    f.agents[0].ok(&["deploy", "-f", &spec]);
-    let first = wait_for("the singleton running", Duration::from_secs(60), || {
-        let procs = instance_processes(&svc);
-        (procs.len() == 1).then(|| procs[0])
-    });
-    let owner_id = wait_for("its owner reported", Duration::from_secs(30), || {
-        let rows = f.ps(0, &svc);
-        (rows.len() == 1 && rows[0]["state"] == "running")
-            .then(|| rows[0]["node"].as_str().unwrap().to_string())
-    });
+    let (first, owner_id) = deploy_singleton(&f, &svc);
     let owner = (0..3).find(|i| f.id(*i) == owner_id).unwrap();
     let other = (owner + 1) % 3;
     sigstop(&f.agents[owner]);

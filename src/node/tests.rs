@@ -516,9 +516,8 @@ fn observed(k: InstanceKey, rev: &str, status: ObservedStatus) -> Observed {
     }
 }
 
-#[test]
-fn a_restarted_node_adopts_what_matches_its_claims_and_reclaims_the_rest() {
-    // First life: deploy and run.
+/// A first life of node `a` that deployed `web` with one replica: its state and the revision id.
+fn first_life_with_web() -> (ClusterState, String) {
     let mut first = ready("a");
     api(
         &mut first,
@@ -533,7 +532,13 @@ fn a_restarted_node_adopts_what_matches_its_claims_and_reclaims_the_rest() {
         .id
         .0
         .clone();
-    let state = first.state().clone();
+    (first.state().clone(), rev)
+}
+
+#[test]
+fn a_restarted_node_adopts_what_matches_its_claims_and_reclaims_the_rest() {
+    // First life: deploy and run.
+    let (state, rev) = first_life_with_web();
     // Second life from the persisted state.
     let mut cfg2 = cfg("a");
     cfg2.incarnation = 2;
@@ -818,21 +823,7 @@ fn a_thousand_slot_deploy_spreads_evenly_in_bounded_messages() {
 fn the_skip_reclaim_bug_also_keeps_what_a_restarted_node_finds_running() {
     // The deliberate bug must cover the restart path too, or the chaos harness cannot show
     // that its no-orphan check catches a node that fails to reclaim after a crash.
-    let mut first = ready("a");
-    api(
-        &mut first,
-        0,
-        ApiRequest::Deploy {
-            specs: vec![web(1)],
-        },
-    );
-    let rev = first.state().services[&name("web")]
-        .current()
-        .unwrap()
-        .id
-        .0
-        .clone();
-    let mut state = first.state().clone();
+    let (mut state, rev) = first_life_with_web();
     // While it was gone, its slot moved to `b` at the next epoch.
     let mut moved = state.claims[&slot("web", 0)].clone();
     moved.epoch += 1;

@@ -186,25 +186,31 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
 
     phase(&sim, "crashes measured");
     // False deaths: `LOSS_MS` idle at 10% loss, checked every second.
+    f.false_deaths_at_10pct_loss = Some(false_deaths_at_10pct_loss(&mut sim));
+
+    f.virtual_ms = sim.now.0;
+    f.wall_s = wall.elapsed().as_secs_f64();
+    f
+}
+
+/// `LOSS_MS` idle at 10% loss of every message: how many live nodes anyone marked down.
+/// Checked every second, since a falsely dead node may rejoin before the end.
+fn false_deaths_at_10pct_loss(sim: &mut Sim) -> usize {
     sim.net.loss_permille = 100;
     let before: Vec<usize> = sim.up().map(|(i, _)| i).collect();
-    let mut false_deaths = std::collections::BTreeSet::new();
+    let mut dead = std::collections::BTreeSet::new();
     for _ in 0..LOSS_MS / 1_000 {
         sim.run_for(1_000);
         for (_, node) in sim.up() {
             for &j in &before {
                 if node.members().state(&nid(j)) == Some(PeerState::Down) {
-                    false_deaths.insert(j);
+                    dead.insert(j);
                 }
             }
         }
     }
     sim.net.loss_permille = 0;
-    f.false_deaths_at_10pct_loss = Some(false_deaths.len());
-
-    f.virtual_ms = sim.now.0;
-    f.wall_s = wall.elapsed().as_secs_f64();
-    f
+    dead.len()
 }
 
 fn traffic(sim: &Sim) -> (u64, u64, u64) {
@@ -293,22 +299,7 @@ pub fn measure_membership(
         sim.now.0 as f64 / 1000.0,
         wall.elapsed().as_secs_f64()
     );
-    sim.net.loss_permille = 100;
-    let before: Vec<usize> = sim.up().map(|(i, _)| i).collect();
-    let mut dead = std::collections::BTreeSet::new();
-    // Checked every second: a falsely dead node may rejoin before the end.
-    for _ in 0..LOSS_MS / 1_000 {
-        sim.run_for(1_000);
-        for (_, node) in sim.up() {
-            for &j in &before {
-                if node.members().state(&nid(j)) == Some(PeerState::Down) {
-                    dead.insert(j);
-                }
-            }
-        }
-    }
-    sim.net.loss_permille = 0;
-    f.false_deaths = dead.len();
+    f.false_deaths = false_deaths_at_10pct_loss(&mut sim);
     f.virtual_ms = sim.now.0;
     f.wall_s = wall.elapsed().as_secs_f64();
     f

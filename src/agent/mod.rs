@@ -509,7 +509,7 @@ impl Shell {
         if let ApiRequest::TestFaults(f) = &call.req
             && self.test_faults_allowed
         {
-            let known: Vec<NodeId> = node.members().peers.keys().cloned().collect();
+            let known: Vec<NodeId> = node.members().peers().keys().cloned().collect();
             let mut blocked = BTreeSet::new();
             for b in &f.blocked {
                 match crate::node::api::resolve_node(b, known.iter()) {

@@ -4,7 +4,9 @@
 //! [--binpack-max-nodes 1000] [--large-deploy 1000] [--out-dir docs/bench]` measures the DESIGN.md §10 figures (ours,
 //! and the baselines run in the same simulator on the same seed), prints the Markdown table and
 //! writes it to `OUT_DIR/figures.md` with the SVG plots, after every step (a long run that is
-//! stopped keeps what it measured). `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! stopped keeps what it measured). `shoal-sim idle --nodes N [--seconds 20] [--tuning ours|memberlist]`
+//! joins a fleet and breaks its idle traffic down by kind and SWIM datagram class, with the
+//! simulator's speed and peak memory. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
@@ -118,6 +120,33 @@ fn main() -> anyhow::Result<()> {
             }
             print!("{}", report.goals_markdown());
         }
+        "idle" => {
+            let nodes = num("--nodes", 100)? as usize;
+            let secs = num("--seconds", 20)?;
+            let tuning = match opt("--tuning") {
+                None | Some("ours") => None,
+                Some("memberlist") => Some(SwimTuning::memberlist_defaults(nodes as u32)),
+                Some(other) => bail!("--tuning {other:?}: use ours or memberlist"),
+            };
+            let f = bench::measure_idle(seed, nodes, tuning, secs * 1000);
+            println!(
+                "{nodes} nodes: joined at {:?} virtual ms ({:.1} wall s); {:.1} virtual s in {:.1} wall s ({:.2} simulated s per wall s); peak RSS {}",
+                f.joined_ms,
+                f.join_wall_s,
+                f.virtual_ms as f64 / 1000.0,
+                f.wall_s,
+                f.virtual_ms as f64 / 1000.0 / f.wall_s,
+                peak_rss().unwrap_or_else(|| "unknown".into()),
+            );
+            let [swim, state, bids, sync] = f.bytes_per_node_s;
+            println!(
+                "idle bytes per node per s: swim {swim:.0}, state {state:.0}, bids {bids:.0}, sync {sync:.0}"
+            );
+            println!("swim class: messages/s, bytes/s, piggybacked bytes/s (per node)");
+            for (label, m, b, p) in f.swim_classes {
+                println!("  {label:<14} {m:>8.2} {b:>8.0} {p:>8.0}");
+            }
+        }
         "packing" => {
             let nodes = num("--nodes", 100)? as usize;
             let f = bench::measure_binpack(seed, nodes);
@@ -126,4 +155,11 @@ fn main() -> anyhow::Result<()> {
         other => bail!("unknown command {other:?}: use bench, packing or sweep"),
     }
     Ok(())
+}
+
+/// This process's peak resident memory, from `/proc/self/status` (Linux).
+fn peak_rss() -> Option<String> {
+    let status = std::fs::read_to_string("/proc/self/status").ok()?;
+    let line = status.lines().find(|l| l.starts_with("VmHWM:"))?;
+    Some(line.trim_start_matches("VmHWM:").trim().to_string())
 }

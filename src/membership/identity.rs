@@ -38,6 +38,12 @@ pub struct MemberId {
     /// Multiaddrs (text) where this node listens: at most [`MAX_ADDRS`], each at most
     /// [`MAX_ADDR_BYTES`] bytes.
     pub addrs: Vec<String>,
+    /// `NodeKey::of(&node)`, computed once: foca asks for it for every member it compares
+    /// with every update it applies. Not on the wire; set by every constructor (the field is
+    /// private so that no identity is built without it), and a function of `node`, so the
+    /// derived order and equality are those of the other fields.
+    #[serde(skip_serializing)]
+    key: NodeKey,
 }
 
 /// Why a `MemberId` is refused.
@@ -54,14 +60,21 @@ pub enum IdentityError {
 impl MemberId {
     /// A first-life identity (`renewal` 0). Fails if the bounds above are not met.
     pub fn new(node: NodeId, incarnation: u64, addrs: Vec<String>) -> Result<Self, IdentityError> {
-        let id = MemberId {
-            node,
-            incarnation,
-            renewal: 0,
-            addrs,
-        };
+        let id = MemberId::life(node, incarnation, 0, addrs);
         id.validate()?;
         Ok(id)
+    }
+
+    /// Any life of `node`, unchecked (callers validate or build from checked parts).
+    pub(crate) fn life(node: NodeId, incarnation: u64, renewal: u32, addrs: Vec<String>) -> Self {
+        let key = NodeKey::of(&node);
+        MemberId {
+            node,
+            incarnation,
+            renewal,
+            addrs,
+            key,
+        }
     }
 
     /// Checks the size bounds; every identity decoded from the wire passes through here.
@@ -83,12 +96,7 @@ impl MemberId {
     /// An identity that only names a node, used as the destination of an announce: foca
     /// accepts an announce addressed to any identity with the receiver's node id.
     pub(crate) fn placeholder(node: NodeId) -> Self {
-        MemberId {
-            node,
-            incarnation: 0,
-            renewal: 0,
-            addrs: Vec::new(),
-        }
+        MemberId::life(node, 0, 0, Vec::new())
     }
 
     /// The order in which lives of one node replace each other.
@@ -107,7 +115,7 @@ impl fmt::Display for MemberId {
 /// addresses of every member for each update it applies; a `NodeId` would be cloned twice per
 /// comparison (thousands of allocations per update at 1,000 members), this is copied. Two node
 /// ids colliding is a 2⁻¹²⁸ event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
 pub struct NodeKey(u128);
 
 impl NodeKey {
@@ -128,7 +136,7 @@ impl foca::Identity for MemberId {
     }
 
     fn addr(&self) -> NodeKey {
-        NodeKey::of(&self.node)
+        self.key
     }
 
     /// The higher `(incarnation, renewal)` wins. Two different identities with equal counters
@@ -152,12 +160,7 @@ struct RawMemberId {
 impl TryFrom<RawMemberId> for MemberId {
     type Error = IdentityError;
     fn try_from(raw: RawMemberId) -> Result<Self, IdentityError> {
-        let id = MemberId {
-            node: raw.node,
-            incarnation: raw.incarnation,
-            renewal: raw.renewal,
-            addrs: raw.addrs,
-        };
+        let id = MemberId::life(raw.node, raw.incarnation, raw.renewal, raw.addrs);
         id.validate()?;
         Ok(id)
     }
@@ -214,12 +217,17 @@ mod tests {
     use super::*;
 
     fn id(inc: u64, renewal: u32, addr: &str) -> MemberId {
-        MemberId {
-            node: NodeId("n1".into()),
-            incarnation: inc,
-            renewal,
-            addrs: vec![addr.to_string()],
-        }
+        MemberId::life(NodeId("n1".into()), inc, renewal, vec![addr.to_string()])
+    }
+
+    #[test]
+    fn the_cached_key_survives_the_wire_and_a_renewal() {
+        let a = id(3, 1, "a");
+        let bytes = postcard::to_allocvec(&a).unwrap();
+        let back: MemberId = postcard::from_bytes(&bytes).unwrap();
+        assert_eq!(back, a);
+        assert_eq!(back.addr(), NodeKey::of(&a.node));
+        assert_eq!(a.renew().unwrap().addr(), a.addr());
     }
 
     #[test]
@@ -238,10 +246,7 @@ mod tests {
     #[test]
     fn lives_of_one_node_share_an_address_and_other_nodes_do_not() {
         assert_eq!(id(1, 0, "a").addr(), id(7, 3, "b").addr());
-        let other = MemberId {
-            node: NodeId("n2".into()),
-            ..id(1, 0, "a")
-        };
+        let other = MemberId::life(NodeId("n2".into()), 1, 0, vec!["a".into()]);
         assert_ne!(id(1, 0, "a").addr(), other.addr());
     }
 

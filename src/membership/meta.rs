@@ -106,14 +106,9 @@ impl NodeMeta {
             return Err(MetaError::AgentVersionTooLong);
         }
         // Same bounds as an identity's addresses.
-        MemberId {
-            node: NodeId("x".into()),
-            incarnation: 0,
-            renewal: 0,
-            addrs: self.addrs.clone(),
-        }
-        .validate()
-        .map_err(MetaError::Addrs)?;
+        MemberId::life(NodeId("x".into()), 0, 0, self.addrs.clone())
+            .validate()
+            .map_err(MetaError::Addrs)?;
         Ok(())
     }
 }
@@ -160,7 +155,41 @@ pub(crate) enum Item {
     },
 }
 
+/// The first fields of an encoded `Item::Meta` (postcard encodes fields in order, so a prefix
+/// type reads them without the rest).
+#[derive(Deserialize)]
+enum ItemHead {
+    Meta {
+        node: NodeId,
+        incarnation: u64,
+        version: u64,
+    },
+}
+
 impl Item {
+    /// The node and stamp of an encoded `Item::Meta`, without decoding the record; None for
+    /// anything else.
+    pub fn meta_stamp(bytes: &[u8]) -> Option<(NodeId, Stamp)> {
+        if bytes.len() > MAX_META_RECORD_BYTES {
+            return None;
+        }
+        let (
+            ItemHead::Meta {
+                node,
+                incarnation,
+                version,
+            },
+            _,
+        ) = postcard::take_from_bytes::<ItemHead>(bytes).ok()?;
+        Some((
+            node,
+            Stamp {
+                incarnation,
+                version,
+            },
+        ))
+    }
+
     pub fn decode(bytes: &[u8]) -> Result<Item, ItemError> {
         if bytes.len() > MAX_META_RECORD_BYTES {
             return Err(ItemError::TooBig);
@@ -268,8 +297,15 @@ impl BroadcastHandler<MemberId> for Handler {
         data: &[u8],
         _sender: Option<&MemberId>,
     ) -> Result<Option<ItemKey>, ItemError> {
-        let item = Item::decode(data);
         let mut store = self.0.lock();
+        // Most items a node receives are retransmissions of records it holds already: compare
+        // the stamp, read from the item's first fields, before decoding the whole record.
+        if let Some((node, stamp)) = Item::meta_stamp(data)
+            && store.stamp_of(&node) >= Some(stamp)
+        {
+            return Ok(None);
+        }
+        let item = Item::decode(data);
         let item = item.inspect_err(|_| store.rejected += 1)?;
         let key = match item {
             Item::Meta(record) => {
@@ -302,6 +338,31 @@ impl BroadcastHandler<MemberId> for Handler {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn the_stamp_of_an_encoded_record_is_read_without_decoding_it() {
+        let record = MetaRecord {
+            node: NodeId("n".repeat(52)),
+            incarnation: 7,
+            meta: NodeMeta {
+                version: 42,
+                ..meta()
+            },
+        };
+        let bytes = record.encode();
+        assert_eq!(
+            Item::meta_stamp(&bytes),
+            Some((record.node.clone(), record.stamp()))
+        );
+        let leaving = postcard::to_allocvec(&Item::Leaving {
+            node: record.node.clone(),
+            incarnation: 7,
+            renewal: 1,
+        })
+        .unwrap();
+        assert_eq!(Item::meta_stamp(&leaving), None);
+        assert_eq!(Item::meta_stamp(&bytes[..3]), None);
+    }
 
     fn meta() -> NodeMeta {
         NodeMeta {

@@ -74,23 +74,48 @@ impl Membership {
 
     /// Active members whose metadata never arrived (a join missed their broadcast), a few
     /// per tick, each retried after `meta_pull_retry_ms`.
+    ///
+    /// The walk over the members still missing theirs happens only once one of them may be
+    /// due (`missing_meta_check`): while a large fleet joins, most are within their grace for
+    /// many ticks.
     pub(super) fn pull_missing_meta(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.missing_meta_check.is_none_or(|at| at > now) {
+            return;
+        }
         let grace = self.tuning.meta_pull_retry_ms;
-        let missing: Vec<NodeId> = self
-            .tracked
-            .iter()
-            .filter(|(node, t)| {
-                **node != self.me
-                    && t.member.meta.is_none()
-                    && t.member.state.is_active()
-                    && now.since(t.member.state_since) >= grace
-                    && self.pull_due(now, node)
-            })
-            .map(|(node, _)| node.clone())
-            .take(self.tuning.meta_pulls_per_tick)
-            .collect();
+        let limit = self.tuning.meta_pulls_per_tick;
+        let mut missing = Vec::new();
+        let mut next: Option<Millis> = None;
+        for node in &self.no_meta {
+            let Some(t) = self.tracked.get(node) else {
+                continue;
+            };
+            if !t.member.state.is_active() {
+                continue; // re-armed by `note_missing_meta` if it comes back
+            }
+            let due = t.member.state_since.plus(grace).max(
+                self.pulled
+                    .get(node)
+                    .map_or(Millis(0), |at| at.plus(self.tuning.meta_pull_retry_ms)),
+            );
+            if due > now {
+                next = Some(next.map_or(due, |n| n.min(due)));
+            } else if missing.len() < limit {
+                missing.push(node.clone());
+            } else {
+                next = Some(now); // more are due than one tick sends
+            }
+        }
+        let pulled_again = missing.iter().map(|_| now.plus(grace)).min();
+        self.missing_meta_check = next.into_iter().chain(pulled_again).min();
         for node in missing {
             self.send_pull(now, node, out);
         }
+    }
+
+    /// Makes sure `pull_missing_meta` looks at `node` once its grace from `since` is over.
+    pub(super) fn note_missing_meta(&mut self, since: Millis) {
+        let due = since.plus(self.tuning.meta_pull_retry_ms);
+        self.missing_meta_check = Some(self.missing_meta_check.map_or(due, |at| at.min(due)));
     }
 }

@@ -45,10 +45,10 @@ mod wire;
 #[cfg(test)]
 mod sim_tests;
 
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, BTreeSet};
 use std::time::Duration;
 
-use foca::{Codec, OwnedNotification, PostcardCodec, Timer};
+use foca::{Codec, Identity, OwnedNotification, PostcardCodec, Timer};
 use rand::SeedableRng;
 use rand::rngs::Xoshiro256PlusPlus;
 
@@ -60,6 +60,7 @@ pub use meta::{
     MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta,
 };
 pub use tuning::{Profile, SwimTuning, TuningError};
+pub use wire::classify as classify_datagram;
 
 use meta::{Handler, Item, MetaRecord, SharedStore, Stamp};
 use suspicion::{NOTICES_PER_SUSPICION, Notice};
@@ -196,6 +197,13 @@ pub struct Membership {
     timers: BTreeMap<(Millis, u64), Timer<MemberId>>,
     timer_seq: u64,
     tracked: BTreeMap<NodeId, Tracked>,
+    /// The members of `tracked` whose state is `Suspect`, so that a tick does not walk the
+    /// whole member list to find lingering suspicions.
+    suspects: BTreeSet<NodeId>,
+    /// The members of `tracked` (this node excluded) whose metadata has not arrived yet.
+    no_meta: BTreeSet<NodeId>,
+    /// When one of `no_meta` may next be due for a pull (None: none can be).
+    missing_meta_check: Option<Millis>,
     /// When a metadata pull was last sent to each node.
     pulled: BTreeMap<NodeId, Millis>,
     scan: u64,
@@ -278,6 +286,9 @@ impl Membership {
             timers: BTreeMap::new(),
             timer_seq: 0,
             tracked: BTreeMap::new(),
+            suspects: BTreeSet::new(),
+            no_meta: BTreeSet::new(),
+            missing_meta_check: None,
             pulled: BTreeMap::new(),
             scan: 0,
             refuted: None,
@@ -334,7 +345,7 @@ impl Membership {
         {
             tracing::debug!(error = %e, "swim announce failed");
         }
-        self.after_foca(now, out, true);
+        self.after_foca(now, out, Scan::All);
         // Foca's answer (a feed) holds one packet of members; the snapshot holds them all.
         self.request_snapshot(to, out);
         self.plan_follow_ups(now);
@@ -422,14 +433,18 @@ impl Membership {
         } = extras;
         // Foca trusts the sender named in the packet; the transport knows the real one.
         let mut rest = payload;
-        let quiet = match Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut rest) {
+        let scan = match Codec::<MemberId>::decode_header(&mut PostcardCodec, &mut rest) {
             Ok(header) if header.src.node == *from => {
                 if let Some(incarnation) = suspect
                     && header.dst == *self.foca.identity()
                 {
                     self.refute(incarnation);
                 }
-                self.is_quiet(&header, rest)
+                if self.is_quiet(&header, rest) {
+                    Scan::Skip
+                } else {
+                    touched(&header, rest)
+                }
             }
             Ok(_) => {
                 self.stats.spoofed += 1;
@@ -452,7 +467,7 @@ impl Membership {
             }
             tracing::debug!(from = %from, error = %e, "swim packet refused");
         }
-        self.after_foca(now, out, !quiet);
+        self.after_foca(now, out, scan);
         self.heard(now, from);
         self.maybe_pull(now, from, stamp, out);
     }
@@ -463,19 +478,19 @@ impl Membership {
         if self.left {
             return;
         }
-        let mut scan = false;
+        let mut scan = Scan::Skip;
         while let Some(entry) = self.timers.first_entry() {
             if entry.key().0 > now {
                 break;
             }
             let timer = entry.remove();
-            // Only these change member states; the others only send.
-            scan |= matches!(
-                timer,
-                Timer::ProbeRandomMember(_)
-                    | Timer::ChangeSuspectToDown { .. }
-                    | Timer::RemoveDown(_)
-            );
+            // A timer changes member states only by making a member suspect (foca then submits
+            // a `ChangeSuspectToDown`), down or up (a notification), or by forgetting a
+            // tombstone; `after_foca` scans on the first two, this on the last. Every other
+            // firing only sends, so the O(members) scan is skipped for it.
+            if matches!(timer, Timer::RemoveDown(_)) {
+                scan = Scan::All;
+            }
             if let Err(e) = self.foca.handle_timer(timer, &mut self.rt) {
                 self.stats.timer_errors += 1;
                 tracing::debug!(error = %e, "swim timer failed");
@@ -560,7 +575,7 @@ impl Membership {
             }
         }
         self.rejoin_cursor = self.rejoin_cursor.wrapping_add(REJOIN_FANOUT);
-        self.after_foca(now, out, true);
+        self.after_foca(now, out, Scan::All);
         self.rejoin_at = Some(now.plus(self.tuning.announce_down_period_ms));
     }
 
@@ -601,7 +616,7 @@ impl Membership {
         }
         if self.meta_window_open(now) {
             self.publish_meta(now);
-            self.after_foca(now, out, true);
+            self.after_foca(now, out, Scan::All);
         } else {
             self.meta_pending = true;
         }
@@ -631,7 +646,7 @@ impl Membership {
             me.member.state = MemberState::Left;
             me.member.state_since = now;
         }
-        self.after_foca(now, out, true);
+        self.after_foca(now, out, Scan::All);
     }
 
     /// Every member, this node included, sorted by id.
@@ -667,7 +682,7 @@ impl Membership {
     }
 
     /// Turns what foca produced into outputs and, if `scan`, brings `tracked` up to date.
-    fn after_foca(&mut self, now: Millis, out: &mut Vec<MemberOutput>, scan: bool) {
+    fn after_foca(&mut self, now: Millis, out: &mut Vec<MemberOutput>, mut scan: Scan) {
         for (timer, after) in self.rt.timers.drain(..) {
             if let Timer::ChangeSuspectToDown {
                 member_id,
@@ -675,6 +690,8 @@ impl Membership {
                 ..
             } = &timer
             {
+                // A member was made suspect (or stays so): its state changed in foca.
+                scan.add(member_id.addr());
                 // Our probe just failed: tell the suspect (see `Kind::Suspected`).
                 let notice = Notice {
                     next: now,
@@ -696,8 +713,17 @@ impl Membership {
             self.timers.insert((at, self.timer_seq), timer);
             self.timer_seq += 1;
         }
-        let noted = !self.rt.notes.is_empty();
         for note in self.rt.notes.drain(..) {
+            match &note {
+                OwnedNotification::MemberUp(id) | OwnedNotification::MemberDown(id) => {
+                    scan.add(id.addr())
+                }
+                OwnedNotification::Rename(old, new) => {
+                    scan.add(old.addr());
+                    scan.add(new.addr());
+                }
+                _ => scan = Scan::All,
+            }
             match note {
                 OwnedNotification::Rejoin(id) => {
                     // A new life: foca's incarnation starts again from 0, and foca is silent
@@ -726,8 +752,10 @@ impl Membership {
                 _ => {}
             }
         }
-        if scan || noted {
-            self.sync_members(now, out);
+        match scan {
+            Scan::Skip => {}
+            Scan::Only(keys) => self.sync_members(now, Some(&keys), out),
+            Scan::All => self.sync_members(now, None, out),
         }
         self.sync_store(now, out);
         // After the scan, so that a member suspected during this call is flagged already.
@@ -763,6 +791,44 @@ impl Membership {
         }
         self.send_notices(now, out);
     }
+}
+
+/// Which members `after_foca` compares with foca's view: foca changes only the members a call
+/// names (a packet's sender and updates, a timer's member, a notification's), so most calls
+/// need not walk the whole list.
+#[derive(Debug)]
+enum Scan {
+    Skip,
+    Only(Vec<NodeKey>),
+    All,
+}
+
+impl Scan {
+    fn add(&mut self, key: NodeKey) {
+        match self {
+            Scan::Skip => *self = Scan::Only(vec![key]),
+            Scan::Only(keys) => keys.push(key),
+            Scan::All => {}
+        }
+    }
+}
+
+/// The members a foca packet can change: its sender and those in its updates (what foca's
+/// `handle_data` applies). `Scan::All` if the updates do not decode (foca refuses the packet
+/// then, but a full scan is always safe).
+fn touched(header: &foca::Header<MemberId>, mut rest: &[u8]) -> Scan {
+    let mut keys = vec![header.src.addr()];
+    if rest.len() >= 2 && header.message != foca::Message::Broadcast {
+        let count = u16::from_be_bytes([rest[0], rest[1]]);
+        rest = &rest[2..];
+        for _ in 0..count {
+            match Codec::<MemberId>::decode_member(&mut PostcardCodec, &mut rest) {
+                Ok(m) => keys.push(m.id().addr()),
+                Err(_) => return Scan::All,
+            }
+        }
+    }
+    Scan::Only(keys)
 }
 
 /// Whether a foca packet (as foca produced it) is a `TurnUndead`. Decodes only the header.

@@ -252,6 +252,9 @@ impl Sim {
             }
         }
         self.now = until;
+        for node in self.nodes.values() {
+            node.m.check_indexes();
+        }
     }
 
     fn run_for(&mut self, ms: u64) {

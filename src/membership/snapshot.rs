@@ -153,7 +153,7 @@ impl Membership {
         if let Err(e) = self.foca.apply_many(active, false, &mut self.rt) {
             tracing::debug!(error = %e, "swim snapshot not applied");
         }
-        self.after_foca(now, out, true);
+        self.after_foca(now, out, Scan::All);
     }
 }
 

@@ -69,8 +69,9 @@ impl Membership {
     pub(super) fn check_lingering(&mut self, now: Millis) {
         let s = self.tuning.suspect_to_down_ms;
         let lingering: Vec<(NodeId, Notice)> = self
-            .tracked
+            .suspects
             .iter()
+            .filter_map(|node| self.tracked.get(node).map(|t| (node, t)))
             .filter(|(node, t)| {
                 t.member.state == MemberState::Suspect
                     && now.since(t.member.state_since) >= LINGER_TIMEOUTS * s
@@ -103,12 +104,12 @@ impl Membership {
                     && t.member.state == MemberState::Suspect
                     && t.foca_incarnation == n.incarnation
             }) {
-                let id = MemberId {
-                    node: node.clone(),
-                    incarnation: t.member.incarnation,
-                    renewal: t.renewal,
-                    addrs: t.member.addrs.clone(),
-                };
+                let id = MemberId::life(
+                    node.clone(),
+                    t.member.incarnation,
+                    t.renewal,
+                    t.member.addrs.clone(),
+                );
                 verdicts.push(foca::Member::new(id, n.incarnation, foca::State::Down));
             }
             false
@@ -123,7 +124,7 @@ impl Membership {
         {
             tracing::debug!(error = %e, "swim verdict not applied");
         }
-        self.after_foca(now, out, true);
+        self.after_foca(now, out, Scan::All);
     }
 
     /// Sends the due "you are suspected" notices while the suspicion stands.
@@ -171,16 +172,16 @@ impl Membership {
         let Some(t) = self.tracked.get(from) else {
             return;
         };
-        let dst = MemberId {
-            node: from.clone(),
-            incarnation: t.member.incarnation,
-            renewal: t.renewal,
-            addrs: t.member.addrs.clone(),
-        };
+        let dst = MemberId::life(
+            from.clone(),
+            t.member.incarnation,
+            t.renewal,
+            t.member.addrs.clone(),
+        );
         if incarnation >= self.own_incarnation {
             self.refute(incarnation);
             // Flushes foca's refutation gossip, which also updates `own_incarnation`.
-            self.after_foca(now, out, false);
+            self.after_foca(now, out, Scan::Skip);
         }
         let header = foca::Header {
             src: self.foca.identity().clone(),

@@ -66,16 +66,27 @@ impl Membership {
     }
 
     /// Compares foca's member states with `tracked` and emits the transitions, in id order.
-    /// O(members) with one map lookup and a few integer compares per member; callers skip it
-    /// when foca provably changed nothing.
-    pub(super) fn sync_members(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
-        self.scan += 1;
+    /// With `only`, just the members with those keys (one 128-bit compare per other member);
+    /// without, every member, one map lookup and a few integer compares each, and tombstones
+    /// foca forgot are dropped. Callers skip it when foca provably changed nothing.
+    pub(super) fn sync_members(
+        &mut self,
+        now: Millis,
+        only: Option<&[NodeKey]>,
+        out: &mut Vec<MemberOutput>,
+    ) {
+        if only.is_none() {
+            self.scan += 1;
+        }
         let scan = self.scan;
         let store = self.store.lock();
         // (node, state before or None for a fresh arrival, state now, addresses changed)
         let mut changes: Vec<(NodeId, Option<MemberState>, MemberState, bool)> = Vec::new();
         for fm in self.foca.iter_membership_state() {
             let id = fm.id();
+            if only.is_some_and(|keys| !keys.contains(&foca::Identity::addr(id))) {
+                continue;
+            }
             if id.node == self.me {
                 // Our own previous life, which foca keeps as down after we rejoined.
                 continue;
@@ -102,6 +113,9 @@ impl Membership {
                     state_since: now,
                 };
                 changes.push((id.node.clone(), None, state, true));
+                if member.meta.is_none() {
+                    self.no_meta.insert(id.node.clone());
+                }
                 let tracked = Tracked {
                     member,
                     renewal: id.renewal,
@@ -152,7 +166,7 @@ impl Membership {
         }
         drop(store);
         // Tombstones foca forgot (after `remove_down_after_ms`) go here too.
-        if self.tracked.len() > self.foca.iter_membership_state().len() + 1 {
+        if only.is_none() && self.tracked.len() > self.foca.iter_membership_state().len() + 1 {
             let me = &self.me;
             let forgotten: Vec<NodeId> = self
                 .tracked
@@ -163,12 +177,24 @@ impl Membership {
             let mut store = self.store.lock();
             for node in forgotten {
                 self.tracked.remove(&node);
+                self.suspects.remove(&node);
+                self.no_meta.remove(&node);
                 self.pulled.remove(&node);
                 store.metas.remove(&node);
                 store.leaving.remove(&node);
             }
         }
         changes.sort();
+        for (node, _, to, _) in &changes {
+            if *to == MemberState::Suspect {
+                self.suspects.insert(node.clone());
+            } else {
+                self.suspects.remove(node);
+            }
+            if to.is_active() && self.no_meta.contains(node) {
+                self.note_missing_meta(now);
+            }
+        }
         for (node, from, to, addrs_changed) in changes {
             if addrs_changed && to.is_active() {
                 let addrs = self.tracked[&node].member.addrs.clone();
@@ -203,6 +229,7 @@ impl Membership {
             {
                 t.member.state = MemberState::Left;
                 t.member.state_since = now;
+                self.suspects.remove(&node);
                 out.push(MemberOutput::Event(MemberEvent::Left(node)));
             }
         }
@@ -213,8 +240,28 @@ impl Membership {
             };
             if node != self.me && t.member.meta.as_ref() != Some(&record.meta) {
                 t.member.meta = Some(record.meta.clone());
+                self.no_meta.remove(&node);
                 out.push(MemberOutput::Event(MemberEvent::MetaChanged(node)));
             }
         }
+    }
+
+    /// The indexes kept beside `tracked` agree with it (tests call this after their runs).
+    #[cfg(test)]
+    pub(super) fn check_indexes(&self) {
+        let suspects: BTreeSet<NodeId> = self
+            .tracked
+            .iter()
+            .filter(|(_, t)| t.member.state == MemberState::Suspect)
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(suspects, self.suspects, "suspect index out of step");
+        let no_meta: BTreeSet<NodeId> = self
+            .tracked
+            .iter()
+            .filter(|(n, t)| **n != self.me && t.member.meta.is_none())
+            .map(|(n, _)| n.clone())
+            .collect();
+        assert_eq!(no_meta, self.no_meta, "missing-metadata index out of step");
     }
 }

@@ -129,21 +129,11 @@ pub(crate) fn expand(
     dst: Life,
     rest: &[u8],
 ) -> Vec<u8> {
-    let src = MemberId {
-        node: from.clone(),
-        incarnation: src.incarnation,
-        renewal: src.renewal,
-        addrs: src_addrs,
-    };
+    let src = MemberId::life(from.clone(), src.incarnation, src.renewal, src_addrs);
     let dst = if Life::of(me) == dst {
         me.clone()
     } else {
-        MemberId {
-            node: me.node.clone(),
-            incarnation: dst.incarnation,
-            renewal: dst.renewal,
-            addrs: Vec::new(),
-        }
+        MemberId::life(me.node.clone(), dst.incarnation, dst.renewal, Vec::new())
     };
     let head = (src, src_incarnation, dst);
     let mut out = postcard::to_allocvec(&head).expect("encoding to a Vec cannot fail");
@@ -165,6 +155,47 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Kind, &[u8]), EnvelopeError> {
         return Err(EnvelopeError::Version(version));
     }
     postcard::take_from_bytes::<Kind>(rest).map_err(|_| EnvelopeError::Undecodable)
+}
+
+/// What a membership datagram is, for traffic accounting (the simulator's breakdown of idle
+/// bytes): its kind (the foca message for SWIM packets) and how many of its bytes ride after
+/// the foca message (member updates and metadata broadcasts piggybacked on it). `None` for
+/// bytes that are not a datagram of this version.
+pub fn classify(bytes: &[u8]) -> Option<(&'static str, usize)> {
+    let (kind, payload) = decode(bytes).ok()?;
+    let rest = match kind {
+        Kind::Swim { .. } => payload,
+        Kind::SwimFull { .. } => {
+            let mut rest = payload;
+            let header =
+                foca::Codec::<MemberId>::decode_header(&mut foca::PostcardCodec, &mut rest).ok()?;
+            return Some((message_label(&header.message), rest.len()));
+        }
+        Kind::MetaPull => return Some(("meta-pull", 0)),
+        Kind::MetaPush => return Some(("meta-push", 0)),
+        Kind::Suspected { .. } => return Some(("suspected", 0)),
+        Kind::SnapshotPull => return Some(("snapshot-pull", 0)),
+        Kind::SnapshotPush => return Some(("snapshot-push", 0)),
+    };
+    let (message, after) = postcard::take_from_bytes::<foca::Message<MemberId>>(rest).ok()?;
+    Some((message_label(&message), after.len()))
+}
+
+fn message_label(m: &foca::Message<MemberId>) -> &'static str {
+    use foca::Message::*;
+    match m {
+        Ping(_) => "ping",
+        Ack(_) => "ack",
+        PingReq { .. } => "ping-req",
+        IndirectPing { .. } => "indirect-ping",
+        IndirectAck { .. } => "indirect-ack",
+        ForwardedAck { .. } => "forwarded-ack",
+        Gossip => "gossip",
+        Broadcast => "broadcast",
+        Announce => "announce",
+        Feed => "feed",
+        TurnUndead => "turn-undead",
+    }
 }
 
 #[cfg(test)]

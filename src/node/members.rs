@@ -66,22 +66,51 @@ pub struct PeerUpdate {
 }
 
 /// Every peer this node has heard of (itself excluded).
+///
+/// Invariant: `present` and `not_left` are the counts of `peers` in a present state and in a
+/// state other than `Left`: `peers` changes only through `apply`, which keeps them, so that
+/// majority checks on every pass are O(1) instead of a walk over the fleet.
 #[derive(Clone, Debug, Default)]
 pub struct Members {
-    pub peers: BTreeMap<NodeId, Peer>,
+    peers: BTreeMap<NodeId, Peer>,
+    present: usize,
+    not_left: usize,
     /// The largest number of present members (self included) seen recently: the reference for
     /// "strict majority" of `partition: majority` services.
     pub stable_size: usize,
 }
 
 impl Members {
+    /// Every peer, by id.
+    pub fn peers(&self) -> &BTreeMap<NodeId, Peer> {
+        &self.peers
+    }
+
+    fn count(&mut self, state: PeerState, add: bool) {
+        let step = |n: &mut usize| {
+            if add { *n += 1 } else { *n -= 1 }
+        };
+        if state.present() {
+            step(&mut self.present);
+        }
+        if state != PeerState::Left {
+            step(&mut self.not_left);
+        }
+    }
+
     /// Applies an update; returns true if the state or metadata changed.
     pub fn apply(&mut self, now: Millis, u: PeerUpdate) -> bool {
+        let before = match self.peers.get(&u.node) {
+            Some(p) if u.incarnation < p.incarnation => return false,
+            Some(p) => Some(p.state),
+            None => None,
+        };
+        if let Some(state) = before {
+            self.count(state, false);
+        }
+        self.count(u.state, true);
         match self.peers.get_mut(&u.node) {
             Some(p) => {
-                if u.incarnation < p.incarnation {
-                    return false;
-                }
                 let changed = p.state != u.state
                     || (u.meta.is_some() && u.meta != p.meta)
                     || p.incarnation != u.incarnation;
@@ -123,7 +152,7 @@ impl Members {
 
     /// Present members including self.
     pub fn present_count(&self) -> usize {
-        1 + self.present().count()
+        1 + self.present
     }
 
     /// Whether this node sees a strict majority of the last stable membership.
@@ -134,11 +163,49 @@ impl Members {
     /// Refreshes `stable_size` from the current view: it grows at once and shrinks only when a
     /// member has left gracefully (a crashed or cut-off member still counts against majority).
     pub fn refresh_stable_size(&mut self) {
-        let known = 1 + self
-            .peers
-            .values()
-            .filter(|p| p.state != PeerState::Left)
-            .count();
-        self.stable_size = known;
+        self.stable_size = 1 + self.not_left;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn update(node: &str, state: PeerState, incarnation: u64) -> PeerUpdate {
+        PeerUpdate {
+            node: NodeId(node.into()),
+            state,
+            incarnation,
+            meta: None,
+        }
+    }
+
+    #[test]
+    fn counts_follow_every_transition_and_ignore_stale_lives() {
+        use PeerState::*;
+        let mut m = Members::default();
+        let steps = [
+            update("a", Alive, 1),
+            update("b", Suspect, 1),
+            update("c", Down, 1),
+            update("a", Suspect, 1),
+            update("b", Down, 1),
+            update("c", Left, 1),
+            update("c", Alive, 0), // an older life: ignored
+            update("b", Alive, 2),
+            update("d", Left, 3),
+            update("a", Left, 1),
+        ];
+        for (k, u) in steps.into_iter().enumerate() {
+            m.apply(Millis(k as u64), u);
+            m.refresh_stable_size();
+            let present = m.peers().values().filter(|p| p.state.present()).count();
+            let known = m.peers().values().filter(|p| p.state != Left).count();
+            assert_eq!(m.present_count(), 1 + present, "step {k}");
+            assert_eq!(m.stable_size, 1 + known, "step {k}");
+        }
+        assert_eq!(m.present_count(), 2); // self and b
+        assert_eq!(m.stable_size, 2);
+        assert!(m.sees_majority());
     }
 }

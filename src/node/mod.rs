@@ -583,7 +583,7 @@ impl<R: Rng> Node<R> {
                         _ => {}
                     }
                     let up = matches!(ev, MemberEvent::Up(_));
-                    let known = self.members.peers.contains_key(id);
+                    let known = self.members.peers().contains_key(id);
                     if self.members.apply(now, update) {
                         self.members.refresh_stable_size();
                     }
@@ -963,7 +963,7 @@ impl<R: Rng> Node<R> {
                     None => self.cfg.id.clone(),
                     Some(n) => {
                         let known: Vec<NodeId> = std::iter::once(self.cfg.id.clone())
-                            .chain(self.members.peers.keys().cloned())
+                            .chain(self.members.peers().keys().cloned())
                             .collect();
                         api::resolve_node(&n, known.iter())?
                     }
@@ -1232,7 +1232,7 @@ impl<R: Rng> Node<R> {
                 if owner_present {
                     continue;
                 }
-                let known = self.members.peers.get(&c.node);
+                let known = self.members.peers().get(&c.node);
                 let gone_for = match known {
                     Some(p) => Some(now.since(p.since)),
                     None if settled => Some(now.since(self.started_at.unwrap_or(now))),
@@ -1350,7 +1350,7 @@ impl<R: Rng> Node<R> {
                 mine
             } else {
                 self.members
-                    .peers
+                    .peers()
                     .get(&c.node)
                     .and_then(|p| p.meta.as_ref())
                     .and_then(|m| m.labels.get(label))
@@ -1832,7 +1832,7 @@ impl<R: Rng> Node<R> {
             alive: 1,
             ..Default::default()
         };
-        for p in self.members.peers.values() {
+        for p in self.members.peers().values() {
             match p.state {
                 PeerState::Alive => members.alive += 1,
                 PeerState::Suspect => members.suspect += 1,
@@ -1906,7 +1906,7 @@ impl<R: Rng> Node<R> {
             last_heard: now.0,
             agent_version: Some(me.agent_version.clone()),
         }];
-        for (id, p) in &self.members.peers {
+        for (id, p) in self.members.peers() {
             let m = p.meta.clone().unwrap_or_default();
             rows.push(api::NodeView {
                 id: id.0.clone(),

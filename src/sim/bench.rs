@@ -85,7 +85,7 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
     f.join_ms = sim.run_until_true(120_000, 200, |s| {
         s.up().all(|(_, node)| node.members().present_count() == n)
     });
-    sim.run_for(6_000);
+    sim.run_for(SETTLE_AFTER_JOIN_MS);
     phase(&sim, "joined");
 
     // Idle traffic: nothing deployed, everyone joined.
@@ -238,6 +238,12 @@ pub struct MembershipFigures {
     pub wall_s: f64,
 }
 
+/// How long a fleet settles after every node sees every other, before idle traffic is counted:
+/// a joiner pulls follow-up member snapshots 3 s and 10 s after its announce
+/// (`membership::snapshot::FOLLOW_UPS_MS`), and at 1,000 nodes one snapshot is ~60 KB, which
+/// counted as "idle" would triple the figure. They are join traffic; idle starts after them.
+pub const SETTLE_AFTER_JOIN_MS: u64 = 12_000;
+
 /// How long the fleet idles at 10% loss when false deaths are counted (longer than
 /// memberlist's 8–12 s suspicion timeout so that a false suspicion can complete).
 pub const LOSS_MS: u64 = 30_000;
@@ -259,7 +265,7 @@ pub fn measure_membership(
     sim.run_until_true(180_000, 200, |s| {
         s.up().all(|(_, node)| node.members().present_count() == n)
     });
-    sim.run_for(6_000);
+    sim.run_for(SETTLE_AFTER_JOIN_MS);
     let s0 = sim.net.by_kind[super::net::Kind::Swim as usize].bytes;
     sim.run_for(20_000);
     let s1 = sim.net.by_kind[super::net::Kind::Swim as usize].bytes;
@@ -300,6 +306,64 @@ pub fn measure_membership(
         wall.elapsed().as_secs_f64()
     );
     f.false_deaths = false_deaths_at_10pct_loss(&mut sim);
+    f.virtual_ms = sim.now.0;
+    f.wall_s = wall.elapsed().as_secs_f64();
+    f
+}
+
+/// An idle fleet's traffic, broken down: what each node sends per second with nothing deployed
+/// and no fault, by message kind and by SWIM datagram class.
+#[derive(Clone, Debug, Default)]
+pub struct IdleFigures {
+    pub nodes: usize,
+    /// Virtual ms from start until every node counts every other present.
+    pub joined_ms: Option<u64>,
+    /// Bytes per node per second by `net::Kind` (SWIM, state, bids, sync).
+    pub bytes_per_node_s: [f64; 4],
+    /// Per SWIM datagram class: (messages, bytes, piggybacked bytes) per node per second.
+    pub swim_classes: Vec<(&'static str, f64, f64, f64)>,
+    pub virtual_ms: u64,
+    pub wall_s: f64,
+    /// Wall seconds spent joining.
+    pub join_wall_s: f64,
+}
+
+/// Joins `nodes` nodes, lets them settle 6 s, then counts `idle_ms` of idle traffic.
+pub fn measure_idle(
+    seed: u64,
+    nodes: usize,
+    tuning: Option<crate::membership::SwimTuning>,
+    idle_ms: u64,
+) -> IdleFigures {
+    let wall = Instant::now();
+    let mut cfg = SimConfig::lan(seed, nodes);
+    cfg.check_safety = false;
+    cfg.swim_tuning = tuning;
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let n = nodes;
+    let joined_ms = sim.run_until_true(600_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    });
+    let join_wall_s = wall.elapsed().as_secs_f64();
+    sim.run_for(SETTLE_AFTER_JOIN_MS);
+    let before = sim.net.by_kind;
+    sim.net.swim_classes = Some(Default::default());
+    sim.run_for(idle_ms);
+    let per = |b: u64| b as f64 / nodes as f64 / (idle_ms as f64 / 1000.0);
+    let mut f = IdleFigures {
+        nodes,
+        joined_ms,
+        join_wall_s,
+        ..IdleFigures::default()
+    };
+    for (k, (now, then)) in sim.net.by_kind.iter().zip(before).enumerate() {
+        f.bytes_per_node_s[k] = per(now.bytes - then.bytes);
+    }
+    for (label, c) in sim.net.swim_classes.take().unwrap_or_default() {
+        f.swim_classes
+            .push((label, per(c.messages), per(c.bytes), per(c.piggyback_bytes)));
+    }
     f.virtual_ms = sim.now.0;
     f.wall_s = wall.elapsed().as_secs_f64();
     f

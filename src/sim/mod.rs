@@ -514,6 +514,7 @@ impl Sim {
                     if let Some(to) = index_of(&to) {
                         let hash = xxh3_64_with_seed(&bytes, 6);
                         let size = bytes.len() as u64;
+                        self.net.classify_swim(&bytes);
                         for d in self.net.route(i, to, Kind::Swim, size) {
                             self.deliver_after(d, i, to, Payload::Datagram(bytes.clone()), hash);
                         }

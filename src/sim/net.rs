@@ -97,6 +97,18 @@ pub struct Net {
     pub sent_bytes: Vec<u64>,
     /// Per kind (`Kind as usize`): messages and bytes sent.
     pub by_kind: [Traffic; 4],
+    /// When set, SWIM datagrams are also counted by what they are
+    /// (`membership::classify_datagram`): messages, bytes with headers, and bytes piggybacked
+    /// after the foca message. Off by default (it decodes every datagram).
+    pub swim_classes: Option<std::collections::BTreeMap<&'static str, SwimClass>>,
+}
+
+/// Traffic of one class of SWIM datagram (see `Net::swim_classes`).
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SwimClass {
+    pub messages: u64,
+    pub bytes: u64,
+    pub piggyback_bytes: u64,
 }
 
 impl Net {
@@ -111,6 +123,7 @@ impl Net {
             rng: StdRng::seed_from_u64(seed),
             sent_bytes: vec![0; nodes],
             by_kind: [Traffic::default(); 4],
+            swim_classes: None,
         }
     }
 
@@ -133,6 +146,18 @@ impl Net {
             delays.push(self.delay());
         }
         delays
+    }
+
+    /// Counts a SWIM datagram by class, if classes are being counted.
+    pub fn classify_swim(&mut self, bytes: &[u8]) {
+        if let Some(classes) = &mut self.swim_classes {
+            let (label, piggyback) =
+                crate::membership::classify_datagram(bytes).unwrap_or(("undecodable", 0));
+            let c = classes.entry(label).or_default();
+            c.messages += 1;
+            c.bytes += bytes.len() as u64 + HEADER_BYTES;
+            c.piggyback_bytes += piggyback as u64;
+        }
     }
 
     /// Whether `from` can reach `to` right now (ignoring loss).

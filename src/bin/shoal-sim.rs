@@ -6,7 +6,8 @@
 //! writes it to `OUT_DIR/figures.md` with the SVG plots, after every step (a long run that is
 //! stopped keeps what it measured). `shoal-sim idle --nodes N [--seconds 20] [--tuning ours|memberlist]`
 //! joins a fleet and breaks its idle traffic down by kind and SWIM datagram class, with the
-//! simulator's speed and peak memory. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! simulator's speed and peak memory. `shoal-sim placement --nodes N --slots S [--limit-seconds 600]`
+//! times one large deploy on an idle fleet. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
@@ -146,6 +147,32 @@ fn main() -> anyhow::Result<()> {
             for (label, m, b, p) in f.swim_classes {
                 println!("  {label:<14} {m:>8.2} {b:>8.0} {p:>8.0}");
             }
+        }
+        "placement" => {
+            let nodes = num("--nodes", 100)? as usize;
+            let slots = num("--slots", 10_000)? as u32;
+            let limit = num("--limit-seconds", 600)?;
+            let f = bench::measure_placement(seed, nodes, slots, limit * 1000);
+            match f.place_ms {
+                Some(ms) => println!(
+                    "{nodes} nodes, {slots} slots: all running {:.2} virtual s after the write: {:.0} placements per simulated second",
+                    ms as f64 / 1000.0,
+                    f64::from(slots) / (ms.max(1) as f64 / 1000.0)
+                ),
+                None => println!(
+                    "{nodes} nodes, {slots} slots: not all running after {limit} virtual s ({} running)",
+                    f.running_by_second.last().unwrap_or(&0)
+                ),
+            }
+            println!(
+                "running by virtual second: {:?}; {:.2} bids and {:.3} bid messages per slot; {:.1} virtual s in {:.1} wall s; peak RSS {}",
+                f.running_by_second,
+                f.bids_per_slot,
+                f.bid_messages_per_slot,
+                f.virtual_ms as f64 / 1000.0,
+                f.wall_s,
+                peak_rss().unwrap_or_else(|| "unknown".into()),
+            );
         }
         "packing" => {
             let nodes = num("--nodes", 100)? as usize;

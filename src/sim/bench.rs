@@ -369,6 +369,84 @@ pub fn measure_idle(
     f
 }
 
+/// One large deploy on an idle fleet: how fast its slots are placed and started.
+#[derive(Clone, Debug, Default)]
+pub struct PlacementFigures {
+    pub nodes: usize,
+    pub slots: u32,
+    /// Virtual ms from the acknowledged write until every slot runs exactly once.
+    pub place_ms: Option<u64>,
+    /// Instances running at each virtual second after the write (the last entry is the end).
+    pub running_by_second: Vec<usize>,
+    pub bids_per_slot: f64,
+    pub bid_messages_per_slot: f64,
+    pub virtual_ms: u64,
+    pub wall_s: f64,
+}
+
+/// Joins `nodes` nodes, then deploys one `spread` service of `slots` replicas (10 millicores,
+/// 64 MiB each) and runs until every slot runs once or `limit_ms` passes.
+pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> PlacementFigures {
+    let wall = Instant::now();
+    let mut cfg = SimConfig::lan(seed, nodes);
+    cfg.check_safety = false;
+    cfg.capacity = Resources {
+        cpu_millis: 4_000,
+        memory_bytes: 8 << 30,
+    };
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let n = nodes;
+    sim.run_until_true(600_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    });
+    sim.run_for(SETTLE_AFTER_JOIN_MS);
+    let (bids0, batches0) = (sim.bids, sim.bid_batches);
+    sim.api(
+        0,
+        ApiRequest::Deploy {
+            specs: vec![service("bulk", slots, 10)],
+        },
+    );
+    let start = sim.now;
+    let mut f = PlacementFigures {
+        nodes,
+        slots,
+        ..PlacementFigures::default()
+    };
+    let bulk = ServiceName("bulk".into());
+    let running = |sim: &Sim| {
+        sim.nodes
+            .iter()
+            .map(|n| {
+                n.runtime
+                    .live()
+                    .filter(|i| i.spec.key.slot.service == bulk)
+                    .count()
+            })
+            .sum::<usize>()
+    };
+    while sim.now.since(start) < limit_ms {
+        if until_placed(&mut sim, 1_000).is_some() {
+            f.place_ms = Some(sim.now.since(start));
+            f.running_by_second.push(running(&sim));
+            break;
+        }
+        f.running_by_second.push(running(&sim));
+        eprintln!(
+            "  {nodes} nodes, {slots} slots: {} running at {:.0} virtual s after the write, {:.0} wall s",
+            f.running_by_second.last().unwrap_or(&0),
+            sim.now.since(start) as f64 / 1000.0,
+            wall.elapsed().as_secs_f64()
+        );
+    }
+    f.bids_per_slot = (sim.bids - bids0) as f64 / f64::from(slots);
+    f.bid_messages_per_slot = (sim.bid_batches - batches0) as f64 / f64::from(slots);
+    f.virtual_ms = sim.now.0;
+    f.wall_s = wall.elapsed().as_secs_f64();
+    f
+}
+
 /// Placement quality: machines hosting at least one instance after a `binpack` deploy of mixed
 /// sizes through the real auction, against the central baselines on the same requests.
 #[derive(Clone, Debug, Default)]

@@ -168,6 +168,8 @@ pub struct Sim {
     trace: u64,
     /// Events delivered to nodes (inputs handled).
     pub delivered: u64,
+    /// Nodes that absorbed inputs at the current virtual millisecond and have not flushed yet.
+    unflushed: std::collections::BTreeSet<usize>,
     next_sync_id: u64,
     /// Sync requests awaiting their reply: id → (requester, responder).
     syncs: BTreeMap<u64, (usize, usize)>,
@@ -218,6 +220,7 @@ impl Sim {
             seq: 0,
             trace: 0,
             delivered: 0,
+            unflushed: std::collections::BTreeSet::new(),
             next_sync_id: 0,
             syncs: BTreeMap::new(),
             next_api_id: 0,
@@ -356,10 +359,40 @@ impl Sim {
                 break;
             }
             let ((at, _), ev) = entry.remove_entry();
+            if at > self.now {
+                self.flush_all();
+            }
             self.now = at;
             self.event(ev);
         }
+        self.flush_all();
         self.now = self.now.max(until);
+    }
+
+    /// Like the agent, which absorbs every input it has ready (up to 256) and then re-examines
+    /// placement and reconcile once (`Node::flush`), a node absorbs all the inputs that reach
+    /// it within one virtual millisecond and flushes once, in node order, before time moves on.
+    fn flush_all(&mut self) {
+        while let Some(i) = self.unflushed.pop_first() {
+            let now = self.now;
+            let Some(node) = self.nodes[i].node.as_mut() else {
+                continue;
+            };
+            let mut out = Vec::new();
+            node.flush(now, &mut out);
+            let wake = node.next_wake(now).max(now.plus(1));
+            self.apply(i, out);
+            self.schedule_wake(i, wake);
+        }
+    }
+
+    fn schedule_wake(&mut self, i: usize, wake: Millis) {
+        let now = self.now;
+        let n = &mut self.nodes[i];
+        if n.up() && n.tick_at.is_none_or(|t| wake < t || t < now) {
+            n.tick_at = Some(wake);
+            self.push(wake, Event::Tick(i));
+        }
     }
 
     /// Runs until `done` holds (checked every `step_ms`) or `limit_ms` passes; returns how
@@ -459,14 +492,11 @@ impl Sim {
             self.trace,
         );
         let mut out = Vec::new();
-        node.handle(now, input, &mut out);
+        node.absorb(now, input, &mut out);
         let wake = node.next_wake(now).max(now.plus(1));
+        self.unflushed.insert(i);
         self.apply(i, out);
-        let n = &mut self.nodes[i];
-        if n.up() && n.tick_at.is_none_or(|t| wake < t || t < now) {
-            n.tick_at = Some(wake);
-            self.push(wake, Event::Tick(i));
-        }
+        self.schedule_wake(i, wake);
     }
 
     /// Carries out node `i`'s outputs, in order.

@@ -64,15 +64,13 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
         nodes,
         ..Figures::default()
     };
-    let mut cfg = SimConfig::lan(seed, nodes);
-    cfg.check_safety = false;
+    let mut cfg = bench_config(seed, nodes);
     cfg.capacity = Resources {
         cpu_millis: 4_000,
         memory_bytes: 8 << 30,
     };
     let mut sim = Sim::new(cfg);
     sim.start_all(2);
-    let n = nodes;
     let phase = |sim: &Sim, what: &str| {
         eprintln!(
             "  {nodes} nodes: {what} at {:.1} virtual s, {:.1} wall s, {} inputs",
@@ -82,9 +80,7 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
         );
     };
     phase(&sim, "started");
-    f.join_ms = sim.run_until_true(120_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    });
+    f.join_ms = join(&mut sim);
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     phase(&sim, "joined");
 
@@ -238,6 +234,30 @@ pub struct MembershipFigures {
     pub wall_s: f64,
 }
 
+/// The bench's fleet: LAN profile, safety checks off (the sweep and the tests check them).
+fn bench_config(seed: u64, nodes: usize) -> SimConfig {
+    let mut cfg = SimConfig::lan(seed, nodes);
+    cfg.check_safety = false;
+    cfg
+}
+
+/// Runs until every live node counts every other present (10 virtual minutes at most); how
+/// long that took.
+fn join(sim: &mut Sim) -> Option<u64> {
+    let n = sim.nodes.len();
+    sim.run_until_true(600_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    })
+}
+
+/// Starts every node 2 ms apart, each naming the first three as seeds, and joins them.
+fn start_and_join(cfg: SimConfig) -> (Sim, Option<u64>) {
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let joined = join(&mut sim);
+    (sim, joined)
+}
+
 /// How long a fleet settles after every node sees every other, before idle traffic is counted:
 /// a joiner pulls follow-up member snapshots 3 s and 10 s after its announce
 /// (`membership::snapshot::FOLLOW_UPS_MS`), and at 1,000 nodes one snapshot is ~60 KB, which
@@ -256,15 +276,9 @@ pub fn measure_membership(
     tuning: Option<crate::membership::SwimTuning>,
 ) -> MembershipFigures {
     let wall = Instant::now();
-    let mut cfg = SimConfig::lan(seed, nodes);
-    cfg.check_safety = false;
+    let mut cfg = bench_config(seed, nodes);
     cfg.swim_tuning = tuning;
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let n = nodes;
-    sim.run_until_true(180_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    });
+    let (mut sim, _) = start_and_join(cfg);
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let s0 = sim.net.by_kind[super::net::Kind::Swim as usize].bytes;
     sim.run_for(20_000);
@@ -336,15 +350,9 @@ pub fn measure_idle(
     idle_ms: u64,
 ) -> IdleFigures {
     let wall = Instant::now();
-    let mut cfg = SimConfig::lan(seed, nodes);
-    cfg.check_safety = false;
+    let mut cfg = bench_config(seed, nodes);
     cfg.swim_tuning = tuning;
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let n = nodes;
-    let joined_ms = sim.run_until_true(600_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    });
+    let (mut sim, joined_ms) = start_and_join(cfg);
     let join_wall_s = wall.elapsed().as_secs_f64();
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let before = sim.net.by_kind;
@@ -388,18 +396,12 @@ pub struct PlacementFigures {
 /// 64 MiB each) and runs until every slot runs once or `limit_ms` passes.
 pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> PlacementFigures {
     let wall = Instant::now();
-    let mut cfg = SimConfig::lan(seed, nodes);
-    cfg.check_safety = false;
+    let mut cfg = bench_config(seed, nodes);
     cfg.capacity = Resources {
         cpu_millis: 4_000,
         memory_bytes: 8 << 30,
     };
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let n = nodes;
-    sim.run_until_true(600_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    });
+    let (mut sim, _) = start_and_join(cfg);
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let (bids0, batches0) = (sim.bids, sim.bid_batches);
     sim.api(
@@ -490,15 +492,9 @@ pub fn binpack_workload(nodes: usize) -> Vec<crate::spec::ServiceSpec> {
 /// Deploys `binpack_workload(nodes)` in one write and compares machines used.
 pub fn measure_binpack(seed: u64, nodes: usize) -> PackingFigures {
     let wall = Instant::now();
-    let mut cfg = SimConfig::lan(seed, nodes);
-    cfg.check_safety = false;
+    let cfg = bench_config(seed, nodes);
     let capacity = cfg.capacity;
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let n = nodes;
-    sim.run_until_true(180_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    });
+    let (mut sim, _) = start_and_join(cfg);
     sim.run_for(6_000);
     let specs = binpack_workload(nodes);
     // The requests in the order the deploy lists its slots: service by service, index order.

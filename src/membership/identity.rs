@@ -115,7 +115,7 @@ impl fmt::Display for MemberId {
 /// addresses of every member for each update it applies; a `NodeId` would be cloned twice per
 /// comparison (thousands of allocations per update at 1,000 members), this is copied. Two node
 /// ids colliding is a 2⁻¹²⁸ event.
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Default)]
+#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
 pub struct NodeKey(u128);
 
 impl NodeKey {

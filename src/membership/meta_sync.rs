@@ -93,11 +93,12 @@ impl Membership {
             if !t.member.state.is_active() {
                 continue; // re-armed by `note_missing_meta` if it comes back
             }
-            let due = t.member.state_since.plus(grace).max(
-                self.pulled
-                    .get(node)
-                    .map_or(Millis(0), |at| at.plus(self.tuning.meta_pull_retry_ms)),
-            );
+            // After its grace since it came up, and after the retry period since our last pull.
+            let since = self
+                .pulled
+                .get(node)
+                .map_or(t.member.state_since, |at| (*at).max(t.member.state_since));
+            let due = since.plus(grace);
             if due > now {
                 next = Some(next.map_or(due, |n| n.min(due)));
             } else if missing.len() < limit {
@@ -106,14 +107,16 @@ impl Membership {
                 next = Some(now); // more are due than one tick sends
             }
         }
-        let pulled_again = missing.iter().map(|_| now.plus(grace)).min();
+        // The ones pulled now are due again after the retry period.
+        let pulled_again = (!missing.is_empty()).then(|| now.plus(grace));
         self.missing_meta_check = next.into_iter().chain(pulled_again).min();
         for node in missing {
             self.send_pull(now, node, out);
         }
     }
 
-    /// Makes sure `pull_missing_meta` looks at `node` once its grace from `since` is over.
+    /// A member without metadata became active at `since`: makes sure `pull_missing_meta`
+    /// looks again once that member's grace is over.
     pub(super) fn note_missing_meta(&mut self, since: Millis) {
         let due = since.plus(self.tuning.meta_pull_retry_ms);
         self.missing_meta_check = Some(self.missing_meta_check.map_or(due, |at| at.min(due)));

@@ -75,9 +75,6 @@ pub struct Members {
     peers: BTreeMap<NodeId, Peer>,
     present: usize,
     not_left: usize,
-    /// The largest number of present members (self included) seen recently: the reference for
-    /// "strict majority" of `partition: majority` services.
-    pub stable_size: usize,
 }
 
 impl Members {
@@ -157,13 +154,15 @@ impl Members {
 
     /// Whether this node sees a strict majority of the last stable membership.
     pub fn sees_majority(&self) -> bool {
-        self.present_count() * 2 > self.stable_size.max(1)
+        self.present_count() * 2 > self.stable_size()
     }
 
-    /// Refreshes `stable_size` from the current view: it grows at once and shrinks only when a
-    /// member has left gracefully (a crashed or cut-off member still counts against majority).
-    pub fn refresh_stable_size(&mut self) {
-        self.stable_size = 1 + self.not_left;
+    /// The reference for "strict majority" of `partition: majority` services: every member
+    /// known (self included) but those that left gracefully. It grows at once and shrinks only
+    /// when a member leaves gracefully (a crashed or cut-off member still counts against
+    /// majority).
+    pub fn stable_size(&self) -> usize {
+        1 + self.not_left
     }
 }
 
@@ -198,14 +197,13 @@ mod tests {
         ];
         for (k, u) in steps.into_iter().enumerate() {
             m.apply(Millis(k as u64), u);
-            m.refresh_stable_size();
             let present = m.peers().values().filter(|p| p.state.present()).count();
             let known = m.peers().values().filter(|p| p.state != Left).count();
             assert_eq!(m.present_count(), 1 + present, "step {k}");
-            assert_eq!(m.stable_size, 1 + known, "step {k}");
+            assert_eq!(m.stable_size(), 1 + known, "step {k}");
         }
         assert_eq!(m.present_count(), 2); // self and b
-        assert_eq!(m.stable_size, 2);
+        assert_eq!(m.stable_size(), 2);
         assert!(m.sees_majority());
     }
 }

@@ -504,9 +504,7 @@ impl<R: Rng> Node<R> {
                 self.apply_effects(now, effects, out);
             }
             Input::Peer(u) => {
-                if self.members.apply(now, u) {
-                    self.members.refresh_stable_size();
-                }
+                self.members.apply(now, u);
             }
             Input::Datagram { from, bytes } => {
                 if let Some(m) = &mut self.membership {
@@ -584,9 +582,7 @@ impl<R: Rng> Node<R> {
                     }
                     let up = matches!(ev, MemberEvent::Up(_));
                     let known = self.members.peers().contains_key(id);
-                    if self.members.apply(now, update) {
-                        self.members.refresh_stable_size();
-                    }
+                    self.members.apply(now, update);
                     // A member that reappears (back from down, or a new life) gets our whole
                     // state at once: that is how the two sides of a healed partition converge
                     // within seconds. A member seen for the first time (a joiner) gets it only

@@ -64,12 +64,7 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
         nodes,
         ..Figures::default()
     };
-    let mut cfg = bench_config(seed, nodes);
-    cfg.capacity = Resources {
-        cpu_millis: 4_000,
-        memory_bytes: 8 << 30,
-    };
-    let mut sim = Sim::new(cfg);
+    let mut sim = Sim::new(bench_config(seed, nodes));
     sim.start_all(2);
     let phase = |sim: &Sim, what: &str| {
         eprintln!(
@@ -234,7 +229,8 @@ pub struct MembershipFigures {
     pub wall_s: f64,
 }
 
-/// The bench's fleet: LAN profile, safety checks off (the sweep and the tests check them).
+/// The bench's fleet: LAN profile, 4 CPU / 8 GiB per node (`SimConfig::lan`), safety checks off
+/// (the sweep and the tests check them).
 fn bench_config(seed: u64, nodes: usize) -> SimConfig {
     let mut cfg = SimConfig::lan(seed, nodes);
     cfg.check_safety = false;
@@ -342,7 +338,8 @@ pub struct IdleFigures {
     pub join_wall_s: f64,
 }
 
-/// Joins `nodes` nodes, lets them settle 6 s, then counts `idle_ms` of idle traffic.
+/// Joins `nodes` nodes, lets them settle `SETTLE_AFTER_JOIN_MS`, then counts `idle_ms` of idle
+/// traffic.
 pub fn measure_idle(
     seed: u64,
     nodes: usize,
@@ -396,12 +393,7 @@ pub struct PlacementFigures {
 /// 64 MiB each) and runs until every slot runs once or `limit_ms` passes.
 pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> PlacementFigures {
     let wall = Instant::now();
-    let mut cfg = bench_config(seed, nodes);
-    cfg.capacity = Resources {
-        cpu_millis: 4_000,
-        memory_bytes: 8 << 30,
-    };
-    let (mut sim, _) = start_and_join(cfg);
+    let (mut sim, _) = start_and_join(bench_config(seed, nodes));
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let (bids0, batches0) = (sim.bids, sim.bid_batches);
     sim.api(

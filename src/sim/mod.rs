@@ -169,7 +169,7 @@ pub struct Sim {
     /// Events delivered to nodes (inputs handled).
     pub delivered: u64,
     /// Nodes that absorbed inputs at the current virtual millisecond and have not flushed yet.
-    unflushed: std::collections::BTreeSet<usize>,
+    unflushed: BTreeSet<usize>,
     next_sync_id: u64,
     /// Sync requests awaiting their reply: id → (requester, responder).
     syncs: BTreeMap<u64, (usize, usize)>,
@@ -220,7 +220,7 @@ impl Sim {
             seq: 0,
             trace: 0,
             delivered: 0,
-            unflushed: std::collections::BTreeSet::new(),
+            unflushed: BTreeSet::new(),
             next_sync_id: 0,
             syncs: BTreeMap::new(),
             next_api_id: 0,

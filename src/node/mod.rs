@@ -1302,26 +1302,28 @@ impl<R: Rng> Node<R> {
     /// Resources of the slots this node owns plus instances it is still stopping.
     pub fn allocated(&self, _now: Millis) -> Resources {
         let mut r = Resources::default();
-        let mut counted = BTreeSet::new();
-        for (slot, c) in &self.state.claims {
+        // A claim this node holds counts with its spec's resources; an instance counts on its
+        // own unless it is the instance of such a claim (same slot and epoch).
+        let counted = |slot: &SlotId| -> Option<(u64, &ServiceSpec)> {
+            let c = self.state.claims.get(slot)?;
             if c.node != self.cfg.id || c.released {
+                return None;
+            }
+            let spec = self.state.live_spec(&slot.service)?;
+            (slot.index < spec.replicas).then_some((c.epoch, spec))
+        };
+        for (slot, c) in &self.state.claims {
+            if c.node != self.cfg.id {
                 continue;
             }
-            let Some(spec) = self.state.live_spec(&slot.service) else {
-                continue;
-            };
-            if slot.index >= spec.replicas {
-                continue;
+            if let Some((_, spec)) = counted(slot) {
+                r.cpu_millis += spec.resources.cpu_millis;
+                r.memory_bytes += spec.resources.memory_bytes;
             }
-            r.cpu_millis += spec.resources.cpu_millis;
-            r.memory_bytes += spec.resources.memory_bytes;
-            counted.insert(InstanceKey {
-                slot: slot.clone(),
-                epoch: c.epoch,
-            });
         }
         for l in self.reconciler.instances.values() {
-            if !counted.contains(&l.key) && l.holds_resources() {
+            let claimed = counted(&l.key.slot).is_some_and(|(epoch, _)| epoch == l.key.epoch);
+            if !claimed && l.holds_resources() {
                 r.cpu_millis += l.resources.cpu_millis;
                 r.memory_bytes += l.resources.memory_bytes;
             }
@@ -1358,17 +1360,9 @@ impl<R: Rng> Node<R> {
         SpreadView { same_value: same }
     }
 
-    /// Facts about a node derived from replicated claims (the same on every node that holds the
-    /// same state), with capacity, labels and runtimes from what it advertises.
-    /// A node's facts from its metadata and the replicated claims, leaving out the claims of
-    /// the services in `placing` (the plan walks those itself).
-    fn claimed_facts(
-        &self,
-        node: &NodeId,
-        meta: &PeerMeta,
-        placing: &BTreeSet<&ServiceName>,
-    ) -> NodeFacts {
-        let mut f = NodeFacts {
+    /// A node's facts from what it advertises, before its claims are counted (see `plan`).
+    fn advertised_facts(&self, node: &NodeId, meta: &PeerMeta) -> NodeFacts {
+        NodeFacts {
             labels: meta.labels.clone(),
             capacity: meta.capacity,
             allocated: Resources::default(),
@@ -1376,39 +1370,25 @@ impl<R: Rng> Node<R> {
             draining: meta.draining || self.state.draining(node),
             host_ports: BTreeSet::new(),
             per_service: BTreeMap::new(),
-        };
-        for (slot, c) in &self.state.claims {
-            if &c.node != node || c.released || placing.contains(&slot.service) {
-                continue;
-            }
-            let Some(spec) = self.state.live_spec(&slot.service) else {
-                continue;
-            };
-            if slot.index >= spec.replicas {
-                continue;
-            }
-            f.allocated.cpu_millis += spec.resources.cpu_millis;
-            f.allocated.memory_bytes += spec.resources.memory_bytes;
-            f.host_ports
-                .extend(spec.ports.iter().filter_map(|p| p.host));
-            *f.per_service.entry(slot.service.clone()).or_default() += 1;
         }
-        f
     }
 
-    /// Who this node expects to win each open slot (see `placement::plan`).
+    /// Who this node expects to win each open slot of `open` (see `placement::plan`).
+    ///
+    /// Candidates are this node and every present member, with capacity, labels and runtimes
+    /// from what each advertises and allocations from the replicated claims, so every node that
+    /// holds the same state computes the same facts. One walk over the claims: a claim of a
+    /// service being placed is pinned in the plan's own walk instead of counted up front.
     fn plan(
         &self,
         now: Millis,
         open: &BTreeMap<SlotId, u64>,
     ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
-        // The services with open slots are walked whole, their claimed slots pinned to their
-        // owners (see `placement::plan`); every other claim is part of the starting facts.
         let placing: BTreeSet<&ServiceName> = open.keys().map(|s| &s.service).collect();
         let me = self.meta(now);
         let mut candidates = vec![placement::Candidate {
             node: self.cfg.id.clone(),
-            facts: self.claimed_facts(&self.cfg.id, &me, &placing),
+            facts: self.advertised_facts(&self.cfg.id, &me),
         }];
         for (id, p) in self.members.present() {
             // A member whose metadata has not arrived yet is assumed to look like this node:
@@ -1428,28 +1408,39 @@ impl<R: Rng> Node<R> {
             };
             candidates.push(placement::Candidate {
                 node: id.clone(),
-                facts: self.claimed_facts(id, m, &placing),
+                facts: self.advertised_facts(id, m),
             });
         }
+        let index: BTreeMap<NodeId, usize> = candidates
+            .iter()
+            .enumerate()
+            .map(|(i, c)| (c.node.clone(), i))
+            .collect();
         let mut labels = placement::LabelCounts::new();
         for (slot, c) in &self.state.claims {
             if c.released || placing.contains(&slot.service) {
                 continue;
             }
+            let Some(&i) = index.get(&c.node) else {
+                continue;
+            };
             let Some(spec) = self.state.live_spec(&slot.service) else {
                 continue;
             };
-            let Some(label) = &spec.spread else { continue };
             if slot.index >= spec.replicas {
                 continue;
             }
-            let value = candidates
-                .iter()
-                .find(|cand| cand.node == c.node)
-                .and_then(|cand| cand.facts.labels.get(label).cloned());
-            if let Some(value) = value {
+            let f = &mut candidates[i].facts;
+            f.allocated.cpu_millis += spec.resources.cpu_millis;
+            f.allocated.memory_bytes += spec.resources.memory_bytes;
+            f.host_ports
+                .extend(spec.ports.iter().filter_map(|p| p.host));
+            *f.per_service.entry(slot.service.clone()).or_default() += 1;
+            if let Some(label) = &spec.spread
+                && let Some(value) = f.labels.get(label)
+            {
                 *labels
-                    .entry((slot.service.clone(), label.clone(), value))
+                    .entry((slot.service.clone(), label.clone(), value.clone()))
                     .or_default() += 1;
             }
         }
@@ -1508,6 +1499,12 @@ impl<R: Rng> Node<R> {
         let mut due = due;
         due.sort_by_cached_key(|(slot, _)| (rank(slot), slot.clone()));
         let mut bids = Vec::new();
+        // This node's real facts, computed once for the pass and updated by each bid it makes
+        // (a bid reserves the spec's resources, counts for its service and takes its host
+        // ports, exactly as `my_facts` would count it), and its spread view per service (the
+        // claims do not change during the pass).
+        let mut facts: Option<NodeFacts> = None;
+        let mut spread: BTreeMap<ServiceName, SpreadView> = BTreeMap::new();
         for (slot, epoch) in due {
             let Some(spec) = self.state.live_spec(&slot.service) else {
                 continue;
@@ -1531,10 +1528,19 @@ impl<R: Rng> Node<R> {
             }
             // Safety: this node's real facts (instances still stopping, outstanding bids) decide
             // whether it may bid at all.
-            let facts = self.my_facts(now);
-            let Some(real) = placement::score(&facts, spec, self.spread_view(spec)) else {
+            let facts = facts.get_or_insert_with(|| self.my_facts(now));
+            let view = *spread
+                .entry(spec.name.clone())
+                .or_insert_with(|| self.spread_view(spec));
+            let Some(real) = placement::score(facts, spec, view) else {
                 continue;
             };
+            facts.allocated.cpu_millis += spec.resources.cpu_millis;
+            facts.allocated.memory_bytes += spec.resources.memory_bytes;
+            facts
+                .host_ports
+                .extend(spec.ports.iter().filter_map(|p| p.host));
+            *facts.per_service.entry(spec.name.clone()).or_default() += 1;
             let score = ranked.unwrap_or(real);
             let bid = Bid {
                 slot: slot.clone(),
@@ -1546,7 +1552,7 @@ impl<R: Rng> Node<R> {
             let entry = self.auction.open.get_mut(&slot).expect("inserted above");
             entry.my_bid = Some(bid.clone());
             entry.my_reservation = spec.resources;
-            entry.bids.insert(self.cfg.id.clone(), bid.clone());
+            entry.bids.insert(bid.clone());
             bids.push(bid);
         }
         self.counters.bids_sent += bids.len() as u64;
@@ -1990,7 +1996,7 @@ fn new_open(epoch: u64, now: Millis) -> OpenSlot {
     OpenSlot {
         epoch,
         opened_at: Some(now),
-        bids: BTreeMap::new(),
+        bids: placement::Bids::default(),
         my_bid: None,
         my_reservation: Resources::default(),
         first_seen: now,

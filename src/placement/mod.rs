@@ -250,12 +250,41 @@ pub struct OpenSlot {
     /// When this node last examined the slot for a bid at this epoch (bid or chose not to);
     /// `None` when it has only seen others' bids, so it considers bidding at once.
     pub opened_at: Option<Millis>,
-    pub bids: BTreeMap<NodeId, Bid>,
+    pub bids: Bids,
     /// This node's own bid, whose resources stay reserved until the window closes.
     pub my_bid: Option<Bid>,
     pub my_reservation: Resources,
     /// When this node first saw the slot open at this epoch (not reset by re-bids).
     pub first_seen: Millis,
+}
+
+/// The bids seen for one slot and epoch, at most one per node (a newer bid from a node
+/// replaces its older one). A sorted vector: a slot sees a handful of bids, and a node holds
+/// one of these per open slot, so a map's node allocation (~1 KB) per slot would dominate the
+/// memory of a large deploy.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Bids(Vec<Bid>);
+
+impl Bids {
+    pub fn insert(&mut self, bid: Bid) {
+        match self.0.binary_search_by(|b| b.node.cmp(&bid.node)) {
+            Ok(i) => self.0[i] = bid,
+            Err(i) => self.0.insert(i, bid),
+        }
+    }
+
+    /// In node order.
+    pub fn values(&self) -> std::slice::Iter<'_, Bid> {
+        self.0.iter()
+    }
+
+    pub fn len(&self) -> usize {
+        self.0.len()
+    }
+
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
 }
 
 /// The auction state of one node: open slots and reservations. Bounded by the number of slots
@@ -285,7 +314,7 @@ impl Auction {
             .or_insert_with(|| OpenSlot {
                 epoch: bid.epoch,
                 opened_at: None,
-                bids: BTreeMap::new(),
+                bids: Bids::default(),
                 my_bid: None,
                 my_reservation: Resources::default(),
                 first_seen: now,
@@ -297,13 +326,13 @@ impl Auction {
             *entry = OpenSlot {
                 epoch: bid.epoch,
                 opened_at: None,
-                bids: BTreeMap::new(),
+                bids: Bids::default(),
                 my_bid: None,
                 my_reservation: Resources::default(),
                 first_seen: now,
             };
         }
-        entry.bids.insert(bid.node.clone(), bid);
+        entry.bids.insert(bid);
     }
 }
 
@@ -345,38 +374,47 @@ pub fn plan(
     mut label_counts: LabelCounts,
     k: usize,
 ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
+    let index: BTreeMap<NodeId, usize> = candidates
+        .iter()
+        .enumerate()
+        .map(|(i, c)| (c.node.clone(), i))
+        .collect();
     let mut ranking = BTreeMap::new();
     for PlanSlot { slot, spec, pinned } in slots {
         let winner = match pinned {
-            Some(node) => candidates.iter().position(|c| &c.node == node),
+            Some(node) => index.get(node).copied(),
             None => {
-                let mut scored: Vec<(u64, usize)> = candidates
-                    .iter()
-                    .enumerate()
-                    .filter_map(|(i, c)| {
-                        let spread = match &spec.spread {
-                            Some(label) => {
-                                let value = c.facts.labels.get(label).cloned().unwrap_or_default();
-                                let key = (spec.name.clone(), label.clone(), value);
-                                SpreadView {
-                                    same_value: label_counts.get(&key).copied().unwrap_or(0),
-                                }
+                // The best `k` by (score, node id), best first: one pass over the candidates.
+                let mut top: Vec<(u64, usize)> = Vec::with_capacity(k + 1);
+                for (i, c) in candidates.iter().enumerate() {
+                    let spread = match &spec.spread {
+                        Some(label) => {
+                            let value = c.facts.labels.get(label).cloned().unwrap_or_default();
+                            let key = (spec.name.clone(), label.clone(), value);
+                            SpreadView {
+                                same_value: label_counts.get(&key).copied().unwrap_or(0),
                             }
-                            None => SpreadView::default(),
-                        };
-                        score(&c.facts, spec, spread).map(|s| (s, i))
-                    })
-                    .collect();
-                scored.sort_by(|(sa, ia), (sb, ib)| {
-                    (sb, &candidates[*ib].node).cmp(&(sa, &candidates[*ia].node))
-                });
-                let top: Vec<(NodeId, u64)> = scored
-                    .iter()
-                    .take(k)
-                    .map(|(s, i)| (candidates[*i].node.clone(), *s))
-                    .collect();
-                ranking.insert(slot.clone(), top);
-                scored.first().map(|(_, w)| *w)
+                        }
+                        None => SpreadView::default(),
+                    };
+                    let Some(s) = score(&c.facts, spec, spread) else {
+                        continue;
+                    };
+                    let better =
+                        |&(ts, ti): &(u64, usize)| (s, &c.node) > (ts, &candidates[ti].node);
+                    let at = top.iter().position(better).unwrap_or(top.len());
+                    if at < k {
+                        top.insert(at, (s, i));
+                        top.truncate(k);
+                    }
+                }
+                ranking.insert(
+                    slot.clone(),
+                    top.iter()
+                        .map(|(s, i)| (candidates[*i].node.clone(), *s))
+                        .collect::<Vec<_>>(),
+                );
+                top.first().map(|(_, w)| *w)
             }
         };
         if let Some(w) = winner {
@@ -445,6 +483,24 @@ mod tests {
             let len = bids.len();
             for i in 0..len { bids.swap(i, (seed as usize).wrapping_mul(i + 7) % len); }
             prop_assert_eq!(w1, winner(&bids).cloned());
+        }
+
+        /// `Bids` keeps one bid per node, the last one recorded, in node order, whatever the
+        /// order of arrival (a map from node to bid, without a map's memory).
+        #[test]
+        fn bids_keep_the_last_bid_of_each_node(scores in prop::collection::vec((0u64..5, 0u8..6), 0..20)) {
+            let slot = SlotId::new(&ServiceName("web".into()), 0);
+            let mut bids = Bids::default();
+            let mut map = BTreeMap::new();
+            for (s, n) in &scores {
+                let bid = Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}")) };
+                map.insert(bid.node.clone(), bid.clone());
+                bids.insert(bid);
+            }
+            prop_assert_eq!(bids.len(), map.len());
+            prop_assert_eq!(bids.is_empty(), map.is_empty());
+            prop_assert!(bids.values().eq(map.values()));
+            prop_assert_eq!(winner(bids.values()), winner(map.values()));
         }
     }
 
@@ -592,6 +648,32 @@ mod tests {
             for (slot, top) in &after {
                 prop_assert_eq!(top, &before[slot]);
             }
+        }
+
+        /// The plan keeps the best `k` in one pass over the candidates; that is the first `k`
+        /// of all eligible candidates sorted by (score, node id), best first.
+        #[test]
+        fn the_plan_ranks_the_best_k_by_score_then_node(
+            cpus in proptest::collection::vec(0u64..8_000, 0..12),
+            k in 0usize..5,
+        ) {
+            let spec = web();
+            let cands: Vec<Candidate> = cpus
+                .iter()
+                .enumerate()
+                .map(|(i, cpu)| Candidate {
+                    node: NodeId(format!("n{}", i % 7)),
+                    facts: facts(*cpu, 8 << 30),
+                })
+                .collect();
+            let mut all: Vec<(u64, NodeId)> = cands
+                .iter()
+                .filter_map(|c| score(&c.facts, &spec, SpreadView::default()).map(|s| (s, c.node.clone())))
+                .collect();
+            all.sort_by(|a, b| b.cmp(a));
+            let expected: Vec<(NodeId, u64)> = all.into_iter().take(k).map(|(s, n)| (n, s)).collect();
+            let ranked = plan(cands, &[open_slot(&spec, 0)], LabelCounts::new(), k);
+            prop_assert_eq!(&ranked[&SlotId::new(&spec.name, 0)], &expected);
         }
     }
 

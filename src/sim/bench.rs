@@ -396,12 +396,17 @@ pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> 
     let (mut sim, _) = start_and_join(bench_config(seed, nodes));
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let (bids0, batches0) = (sim.bids, sim.bid_batches);
-    sim.api(
-        0,
-        ApiRequest::Deploy {
-            specs: vec![service("bulk", slots, 10)],
-        },
-    );
+    // 10 millicores and 64 MiB per replica, less where the deploy would otherwise ask for more
+    // than 80% of the fleet (100,000 replicas on 100 nodes: 2 millicores, 6.9 MB each).
+    let cap = sim.cfg.capacity;
+    let share = |fleet: u64| fleet.saturating_mul(nodes as u64) / 10 * 8 / u64::from(slots.max(1));
+    let mut spec = service("bulk", slots, 10.min(share(cap.cpu_millis)).max(1));
+    spec.resources.memory_bytes = spec
+        .resources
+        .memory_bytes
+        .min(share(cap.memory_bytes))
+        .max(1 << 20);
+    sim.api(0, ApiRequest::Deploy { specs: vec![spec] });
     let start = sim.now;
     let mut f = PlacementFigures {
         nodes,

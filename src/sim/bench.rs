@@ -397,7 +397,7 @@ pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> 
     sim.run_for(SETTLE_AFTER_JOIN_MS);
     let (bids0, batches0) = (sim.bids, sim.bid_batches);
     // 10 millicores and 64 MiB per replica, less where the deploy would otherwise ask for more
-    // than 80% of the fleet (100,000 replicas on 100 nodes: 2 millicores, 6.9 MB each).
+    // than 80% of the fleet (100,000 replicas on 100 nodes: 3 millicores, 6.9 MB each).
     let cap = sim.cfg.capacity;
     let share = |fleet: u64| fleet.saturating_mul(nodes as u64) / 10 * 8 / u64::from(slots.max(1));
     let mut spec = service("bulk", slots, 10.min(share(cap.cpu_millis)).max(1));

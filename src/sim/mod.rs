@@ -141,6 +141,10 @@ pub struct SimNode {
     /// Seeds the transport dials while the node knows no peer, and the current backoff.
     seeds: Vec<usize>,
     dial_backoff_ms: u64,
+    /// Wall time this node's core has spent handling inputs and flushing: what the same work
+    /// would cost a real agent's CPU (the simulator does not charge it to virtual time). A
+    /// measurement only; never read by the simulation.
+    pub core_wall: std::time::Duration,
 }
 
 impl SimNode {
@@ -209,6 +213,7 @@ impl Sim {
                 tick_at: None,
                 seeds: Vec::new(),
                 dial_backoff_ms: 0,
+                core_wall: std::time::Duration::ZERO,
             })
             .collect();
         Sim {
@@ -379,8 +384,10 @@ impl Sim {
                 continue;
             };
             let mut out = Vec::new();
+            let t0 = std::time::Instant::now();
             node.flush(now, &mut out);
             let wake = node.next_wake(now).max(now.plus(1));
+            self.nodes[i].core_wall += t0.elapsed();
             self.apply(i, out);
             self.schedule_wake(i, wake);
         }
@@ -492,8 +499,10 @@ impl Sim {
             self.trace,
         );
         let mut out = Vec::new();
+        let t0 = std::time::Instant::now();
         node.absorb(now, input, &mut out);
         let wake = node.next_wake(now).max(now.plus(1));
+        self.nodes[i].core_wall += t0.elapsed();
         self.unflushed.insert(i);
         self.apply(i, out);
         self.schedule_wake(i, wake);

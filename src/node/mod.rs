@@ -828,7 +828,13 @@ impl<R: Rng> Node<R> {
     ) -> Result<ApiReply, ApiError> {
         match req {
             ApiRequest::Deploy { specs } => {
+                // The revisions of one deploy go out together, in as few deltas as the gossip
+                // limit allows: a node that saw only part of a deploy would plan and bid (and
+                // reserve capacity) for that part alone, then find itself without room for the
+                // slots the whole deploy's plan gives it.
                 let mut results = Vec::new();
+                let mut delta = ClusterState::default();
+                let mut delta_bytes: usize = 0;
                 for spec in specs {
                     let name = spec.name.clone();
                     let current = self.state.services.get(&name).and_then(|e| e.current());
@@ -840,7 +846,22 @@ impl<R: Rng> Node<R> {
                         });
                         continue;
                     }
-                    results.push(self.write_revision(now, &name, RevisionBody::Spec(spec), out));
+                    let rev = self.new_revision(now, &name, RevisionBody::Spec(spec));
+                    let bytes = postcard::experimental::serialized_size(&rev).unwrap_or(usize::MAX);
+                    if delta_bytes > 0 && delta_bytes.saturating_add(bytes) > DEPLOY_DELTA_BYTES {
+                        self.write(std::mem::take(&mut delta), out);
+                        delta_bytes = 0;
+                    }
+                    results.push(api::WriteResult {
+                        service: name.0.clone(),
+                        revision: rev.id.0.clone(),
+                        changed: true,
+                    });
+                    delta.merge(&self.state.put_revision(&name, rev));
+                    delta_bytes = delta_bytes.saturating_add(bytes);
+                }
+                if delta_bytes > 0 {
+                    self.write(delta, out);
                 }
                 Ok(ApiReply::Written(results))
             }
@@ -1985,6 +2006,9 @@ pub const BIDDERS_PER_SLOT: usize = 3;
 /// node id), so a message stays well under the 64 KiB gossip limit, over which it would be
 /// dropped (bids are not in the state, so anti-entropy cannot carry them).
 pub const MAX_BIDS_PER_MESSAGE: usize = 256;
+/// A deploy's revisions share a delta up to this many encoded bytes (a spec is a few hundred
+/// bytes to a few KiB), well under the 64 KiB gossip limit.
+pub const DEPLOY_DELTA_BYTES: usize = 32 * 1024;
 /// Claims per delta written in one auction pass (~250 bytes each), under the gossip limit too.
 pub const MAX_CLAIMS_PER_DELTA: usize = 128;
 

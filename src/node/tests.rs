@@ -848,3 +848,52 @@ fn the_skip_reclaim_bug_also_keeps_what_a_restarted_node_finds_running() {
         assert_eq!(stops(&out), expect, "skip-reclaim {bug}");
     }
 }
+
+#[test]
+fn a_deploy_of_several_services_goes_out_as_one_delta_within_the_gossip_limit() {
+    let deltas = |out: &[Output]| -> Vec<(usize, usize)> {
+        out.iter()
+            .filter_map(|o| match o {
+                Output::Broadcast {
+                    msg: msg @ Message::Delta(d),
+                    ..
+                } if !d.services.is_empty() => {
+                    Some((d.services.len(), crate::wire::encode(msg).len()))
+                }
+                _ => None,
+            })
+            .collect()
+    };
+    // Three small services: one delta holding all three, so no node sees part of the deploy.
+    let mut a = ready("a");
+    let specs: Vec<ServiceSpec> = ["api", "db", "web"]
+        .iter()
+        .map(|n| ServiceSpec {
+            name: ServiceName(n.to_string()),
+            ..web(2)
+        })
+        .collect();
+    let out = api(&mut a, 10, ApiRequest::Deploy { specs });
+    assert_eq!(
+        deltas(&out).iter().map(|d| d.0).collect::<Vec<_>>(),
+        vec![3]
+    );
+    // Forty services of ~4 KB each do not fit one gossip message: several deltas, every one
+    // under the limit, every service in one of them.
+    let mut b = ready("b");
+    let specs: Vec<ServiceSpec> = (0..40)
+        .map(|i| {
+            let mut s = web(2);
+            s.name = ServiceName(format!("s{i:02}"));
+            s.env = (0..16)
+                .map(|k| (format!("KEY_{k:02}"), "v".repeat(240)))
+                .collect();
+            s
+        })
+        .collect();
+    let out = api(&mut b, 10, ApiRequest::Deploy { specs });
+    let d = deltas(&out);
+    assert!(d.len() > 1, "{d:?}");
+    assert_eq!(d.iter().map(|d| d.0).sum::<usize>(), 40);
+    assert!(d.iter().all(|(_, len)| *len <= 64 * 1024), "{d:?}");
+}

@@ -394,8 +394,9 @@ pub struct PlacementFigures {
     pub wall_s: f64,
 }
 
-/// Joins `nodes` nodes, then deploys one `spread` service of `slots` replicas (10 millicores,
-/// 64 MiB each, or less, see below) and runs until every slot runs once or `limit_ms` passes.
+/// Joins `nodes` nodes, then deploys `slots` replicas of `spread` services in one write (10
+/// millicores, 64 MiB each, or less, see below) and runs until every slot runs once or
+/// `limit_ms` passes.
 pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> PlacementFigures {
     let wall = Instant::now();
     let (mut sim, _) = start_and_join(bench_config(seed, nodes));
@@ -406,27 +407,32 @@ pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> 
     // than 80% of the fleet (100,000 replicas on 100 nodes: 3 millicores, 6.9 MB each).
     let cap = sim.cfg.capacity;
     let share = |fleet: u64| fleet.saturating_mul(nodes as u64) / 10 * 8 / u64::from(slots.max(1));
-    let mut spec = service("bulk", slots, 10.min(share(cap.cpu_millis)).max(1));
-    spec.resources.memory_bytes = spec
-        .resources
-        .memory_bytes
-        .min(share(cap.memory_bytes))
-        .max(1 << 20);
-    sim.api(0, ApiRequest::Deploy { specs: vec![spec] });
+    let cpu = 10.min(share(cap.cpu_millis)).max(1);
+    let memory = (64u64 << 20).min(share(cap.memory_bytes)).max(1 << 20);
+    // One deploy; a service holds at most `MAX_REPLICAS` (10,000), so 100,000 replicas are ten
+    // services `bulk-0` … `bulk-9`.
+    let per = crate::spec::MAX_REPLICAS;
+    let specs: Vec<_> = (0..slots.div_ceil(per))
+        .map(|k| {
+            let mut spec = service(&format!("bulk-{k}"), per.min(slots - k * per), cpu);
+            spec.resources.memory_bytes = memory;
+            spec
+        })
+        .collect();
+    sim.api(0, ApiRequest::Deploy { specs });
     let start = sim.now;
     let mut f = PlacementFigures {
         nodes,
         slots,
         ..PlacementFigures::default()
     };
-    let bulk = ServiceName("bulk".into());
     let running = |sim: &Sim| {
         sim.nodes
             .iter()
             .map(|n| {
                 n.runtime
                     .live()
-                    .filter(|i| i.spec.key.slot.service == bulk)
+                    .filter(|i| i.spec.key.slot.service.0.starts_with("bulk-"))
                     .count()
             })
             .sum::<usize>()

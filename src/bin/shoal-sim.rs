@@ -139,9 +139,9 @@ fn main() -> anyhow::Result<()> {
                 f.virtual_ms as f64 / 1000.0 / f.wall_s,
                 peak_rss().unwrap_or_else(|| "unknown".into()),
             );
-            let [swim, state, bids, sync] = f.bytes_per_node_s;
+            let [swim, state, bids, sync, lazy] = f.bytes_per_node_s;
             println!(
-                "idle bytes per node per s: swim {swim:.0}, state {state:.0}, bids {bids:.0}, sync {sync:.0}"
+                "idle bytes per node per s: swim {swim:.0}, state {state:.0}, bids {bids:.0}, sync {sync:.0}, gossip control {lazy:.0}"
             );
             println!("swim class: messages/s, bytes/s, piggybacked bytes/s (per node)");
             for (label, m, b, p) in f.swim_classes {

@@ -329,7 +329,7 @@ pub struct IdleFigures {
     /// Virtual ms from start until every node counts every other present.
     pub joined_ms: Option<u64>,
     /// Bytes per node per second by `net::Kind` (SWIM, state, bids, sync).
-    pub bytes_per_node_s: [f64; 4],
+    pub bytes_per_node_s: [f64; 5],
     /// Per SWIM datagram class: (messages, bytes, piggybacked bytes) per node per second.
     pub swim_classes: Vec<(&'static str, f64, f64, f64)>,
     pub virtual_ms: u64,

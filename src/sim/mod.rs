@@ -6,11 +6,13 @@
 //! the network (which also draws the runtime's delays). No threads, no clock, no tokio: the same
 //! seed gives the same trace hash, and a failing seed replays exactly.
 //!
-//! It does not model the agent shell's queues, the store's group commits or libp2p's own
-//! behaviour (gossipsub meshes, connection setup): a broadcast reaches every live node directly.
+//! Broadcasts travel over a simulated gossipsub mesh (`gossip`, the default) or straight to
+//! every live node (`Gossip::Direct`). It does not model the agent shell's queues, the store's
+//! group commits or libp2p's connection setup.
 
 pub mod baseline;
 pub mod bench;
+pub mod gossip;
 pub mod invariants;
 pub mod net;
 pub mod plot;
@@ -18,6 +20,7 @@ pub mod runtime;
 pub mod scenario;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -33,6 +36,7 @@ use crate::runtime::{ExitInfo, RuntimeCommand, RuntimeEvent};
 use crate::spec::{DriverKind, Resources, ServiceName};
 use crate::state::{ClusterState, Crdt};
 
+pub use gossip::Gossip;
 use invariants::Violation;
 use net::{Kind, Net, NetProfile};
 use runtime::SimRuntime;
@@ -43,6 +47,8 @@ pub struct SimConfig {
     pub seed: u64,
     pub nodes: usize,
     pub net: NetProfile,
+    /// How broadcasts travel (`Gossip::Mesh` unless a test needs the direct model).
+    pub gossip: Gossip,
     pub swim: Profile,
     /// Replaces `swim.tuning(nodes)` when set (the memberlist baseline, overrides).
     pub swim_tuning: Option<SwimTuning>,
@@ -66,6 +72,7 @@ impl SimConfig {
             seed,
             nodes,
             net: NetProfile::Lan,
+            gossip: Gossip::Mesh,
             swim: Profile::Lan,
             swim_tuning: None,
             timing: CoreTiming::lan(),
@@ -87,8 +94,18 @@ impl SimConfig {
 #[derive(Clone, Debug)]
 enum Payload {
     Datagram(Vec<u8>),
-    Message(Message),
-    SyncRequest { id: u64, msg: SyncMsg },
+    /// A message, shared by its copies in flight; `gossip` is its mesh message id when it
+    /// travels over the mesh (`None`: a direct send, or a broadcast under `Gossip::Direct`).
+    Message {
+        msg: Arc<Message>,
+        gossip: Option<u64>,
+        /// Encoded size (envelope not included), measured once at the author.
+        size: u64,
+    },
+    SyncRequest {
+        id: u64,
+        msg: SyncMsg,
+    },
     SyncResponse(SyncMsg),
 }
 
@@ -110,6 +127,8 @@ enum Event {
         hash: u64,
     },
     Tick(usize),
+    /// Every node's gossipsub heartbeat (`Gossip::Mesh` only).
+    MeshHeartbeat,
     /// The transport of node `.0` (incarnation `.1`) dials its seeds.
     Dial(usize, u64),
     Runtime {
@@ -189,6 +208,8 @@ pub struct Sim {
     /// Bid batches and bids broadcast, claims written.
     pub bid_batches: u64,
     pub bids: u64,
+    /// The gossipsub mesh, under `Gossip::Mesh`; its cache holds `(message, size, hash)`.
+    mesh: Option<gossip::Mesh<(Arc<Message>, u64, u64)>>,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -216,7 +237,9 @@ impl Sim {
                 core_wall: std::time::Duration::ZERO,
             })
             .collect();
-        Sim {
+        let mesh = (cfg.gossip == Gossip::Mesh)
+            .then(|| gossip::Mesh::new(cfg.nodes, mix(cfg.seed, u64::MAX, 1)));
+        let mut sim = Sim {
             net: Net::new(cfg.net, cfg.nodes, mix(cfg.seed, u64::MAX, 0)),
             cfg,
             now: Millis(0),
@@ -235,7 +258,12 @@ impl Sim {
             violations: Vec::new(),
             bid_batches: 0,
             bids: 0,
+            mesh,
+        };
+        if sim.mesh.is_some() {
+            sim.push(Millis(gossip::HEARTBEAT_MS), Event::MeshHeartbeat);
         }
+        sim
     }
 
     /// Starts every node, `stagger_ms` apart, each joining through the seeds (nodes 0, 1, 2).
@@ -300,6 +328,9 @@ impl Sim {
         n.tick_at = None;
         if how == Crash::Machine {
             n.runtime.power_off();
+        }
+        if let Some(mesh) = &mut self.mesh {
+            mesh.forget(i);
         }
     }
 
@@ -436,7 +467,15 @@ impl Sim {
                         from: from_id,
                         bytes,
                     },
-                    Payload::Message(msg) => Input::Message { from: from_id, msg },
+                    Payload::Message { msg, gossip, size } => {
+                        if let Some(id) = gossip
+                            && !self.forward(to, from, id, &msg, size, hash)
+                        {
+                            return;
+                        }
+                        let msg = Arc::try_unwrap(msg).unwrap_or_else(|m| (*m).clone());
+                        Input::Message { from: from_id, msg }
+                    }
                     Payload::SyncRequest { id, msg } => {
                         if !self.nodes[to].up() {
                             self.syncs.remove(&id);
@@ -459,6 +498,22 @@ impl Sim {
                 }
                 n.tick_at = None;
                 self.input(i, Input::Tick);
+            }
+            Event::MeshHeartbeat => {
+                let (now, nodes, net) = (self.now, &self.nodes, &self.net);
+                let lazy = match &mut self.mesh {
+                    Some(mesh) => mesh.heartbeat(
+                        now,
+                        |i| nodes[i].up() && !nodes[i].paused,
+                        |i| nodes[i].up(),
+                        |a, b| net.reachable(a, b),
+                    ),
+                    None => Vec::new(),
+                };
+                for l in lazy {
+                    self.lazy_gossip(l);
+                }
+                self.push(self.now.plus(gossip::HEARTBEAT_MS), Event::MeshHeartbeat);
             }
             Event::Dial(i, incarnation) => {
                 if self.nodes[i].cfg.incarnation == incarnation {
@@ -514,7 +569,7 @@ impl Sim {
             match o {
                 Output::Send { to, msg } => {
                     if let Some(to) = index_of(&to) {
-                        self.send_message(i, &[to], msg);
+                        self.send_message(i, &[to], Arc::new(msg), None);
                     }
                 }
                 Output::Broadcast { topic, msg } => {
@@ -524,10 +579,22 @@ impl Sim {
                         self.bid_batches += 1;
                         self.bids += b.len() as u64;
                     }
-                    let to: Vec<usize> = (0..self.nodes.len())
-                        .filter(|j| *j != i && self.nodes[*j].up())
-                        .collect();
-                    self.send_message(i, &to, msg);
+                    let now = self.now;
+                    let msg = Arc::new(msg);
+                    let (size, hash) = measure(&*msg);
+                    let (to, id) = match &mut self.mesh {
+                        Some(mesh) => {
+                            let (id, to) = mesh.publish(now, i, (msg.clone(), size, hash));
+                            (to, Some(id))
+                        }
+                        None => {
+                            let to: Vec<usize> = (0..self.nodes.len())
+                                .filter(|j| *j != i && self.nodes[*j].up())
+                                .collect();
+                            (to, None)
+                        }
+                    };
+                    self.send_measured(i, &to, msg, id, size, hash);
                 }
                 Output::Runtime(cmd) => self.runtime_command(i, cmd),
                 Output::Persist(delta) => {
@@ -585,17 +652,99 @@ impl Sim {
         }
     }
 
-    fn send_message(&mut self, from: usize, to: &[usize], msg: Message) {
-        let (size, hash) = measure(&msg);
-        let kind = match msg {
-            Message::Delta(_) => Kind::State,
-            Message::Bids(_) => Kind::Bids,
-        };
+    fn send_message(&mut self, from: usize, to: &[usize], msg: Arc<Message>, gossip: Option<u64>) {
+        let (size, hash) = measure(&*msg);
+        self.send_measured(from, to, msg, gossip, size, hash);
+    }
+
+    fn send_measured(
+        &mut self,
+        from: usize,
+        to: &[usize],
+        msg: Arc<Message>,
+        gossip: Option<u64>,
+        size: u64,
+        hash: u64,
+    ) {
+        let kind = kind_of(&msg);
+        let wire = size
+            + if gossip.is_some() {
+                gossip::ENVELOPE_BYTES
+            } else {
+                0
+            };
         for &t in to {
-            for d in self.net.route(from, t, kind, size) {
-                self.deliver_after(d, from, t, Payload::Message(msg.clone()), hash);
+            for d in self.net.route(from, t, kind, wire) {
+                let payload = Payload::Message {
+                    msg: msg.clone(),
+                    gossip,
+                    size,
+                };
+                self.deliver_after(d, from, t, payload, hash);
             }
         }
+    }
+
+    /// One `IHAVE` from `l.from` to `l.to`, the `IWANT` back for what `l.to` lacks, and those
+    /// messages, each leg subject to loss and partitions; the messages arrive after the three
+    /// one-way delays and are then handled like any mesh message.
+    fn lazy_gossip(&mut self, l: gossip::Lazy<(Arc<Message>, u64, u64)>) {
+        let ids = |k: usize| gossip::CONTROL_BYTES + gossip::ID_BYTES * k as u64;
+        let Some(&ihave) = self
+            .net
+            .route(l.from, l.to, Kind::Gossip, ids(l.offered))
+            .first()
+        else {
+            return;
+        };
+        if l.wanted.is_empty() {
+            return;
+        }
+        let iwant = ids(l.wanted.len());
+        let Some(&iwant) = self.net.route(l.to, l.from, Kind::Gossip, iwant).first() else {
+            return;
+        };
+        for (id, (msg, size, hash)) in l.wanted {
+            let kind = kind_of(&msg);
+            for d in self
+                .net
+                .route(l.from, l.to, kind, size + gossip::ENVELOPE_BYTES)
+            {
+                let payload = Payload::Message {
+                    msg: msg.clone(),
+                    gossip: Some(id),
+                    size,
+                };
+                self.deliver_after(ihave + iwant + d, l.from, l.to, payload, hash);
+            }
+        }
+    }
+
+    /// Mesh message `id` reaches node `at` from `from`: whether its core gets it (the first
+    /// copy to reach a live agent); that copy is forwarded at once to `at`'s other mesh peers,
+    /// unless `at` is paused.
+    fn forward(
+        &mut self,
+        at: usize,
+        from: usize,
+        id: u64,
+        msg: &Arc<Message>,
+        size: u64,
+        hash: u64,
+    ) -> bool {
+        let now = self.now;
+        let n = &self.nodes[at];
+        let (up, paused) = (n.up(), n.paused);
+        let Some(mesh) = self.mesh.as_mut().filter(|_| up) else {
+            return false;
+        };
+        let Some(to) = mesh.receive(now, at, from, id) else {
+            return false;
+        };
+        if !paused && !to.is_empty() {
+            self.send_measured(at, &to, msg.clone(), Some(id), size, hash);
+        }
+        true
     }
 
     fn deliver_after(&mut self, delay: u64, from: usize, to: usize, payload: Payload, hash: u64) {
@@ -789,6 +938,14 @@ impl Sim {
     /// Node ids that are up, as a set.
     pub fn up_set(&self) -> BTreeSet<usize> {
         self.up().map(|(i, _)| i).collect()
+    }
+}
+
+/// The traffic class of a message.
+fn kind_of(msg: &Message) -> Kind {
+    match msg {
+        Message::Delta(_) => Kind::State,
+        Message::Bids(_) => Kind::Bids,
     }
 }
 

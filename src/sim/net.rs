@@ -82,6 +82,9 @@ pub enum Kind {
     State = 1,
     Bids = 2,
     Sync = 3,
+    /// gossipsub's lazy gossip (`IHAVE`, `IWANT`); the messages an `IWANT` brings count as
+    /// their own kind.
+    Gossip = 4,
 }
 
 pub struct Net {
@@ -96,7 +99,7 @@ pub struct Net {
     /// Bytes sent by each node (headers included), lost messages included.
     pub sent_bytes: Vec<u64>,
     /// Per kind (`Kind as usize`): messages and bytes sent.
-    pub by_kind: [Traffic; 4],
+    pub by_kind: [Traffic; 5],
     /// When set, SWIM datagrams are also counted by what they are
     /// (`membership::classify_datagram`): messages, bytes with headers, and bytes piggybacked
     /// after the foca message. Off by default (it decodes every datagram).
@@ -122,7 +125,7 @@ impl Net {
             partition: None,
             rng: StdRng::seed_from_u64(seed),
             sent_bytes: vec![0; nodes],
-            by_kind: [Traffic::default(); 4],
+            by_kind: [Traffic::default(); 5],
             swim_classes: None,
         }
     }

@@ -368,21 +368,100 @@ pub struct PlanSlot<'a> {
 /// placed, claimed ones pinned: claims that follow the plan then leave the ranking of the
 /// remaining slots unchanged, so a node that plans after some winners have claimed still
 /// agrees with one that planned before.
+///
+/// Cost: a service without `spread` is ranked from an ordered index of every candidate's score
+/// that is built once per run of its slots and updated for the one candidate each slot goes
+/// to (O(n + slots × (k + log n)) for n candidates); a service with `spread` changes the score
+/// of every node sharing the winner's label value, so its slots walk every candidate
+/// (O(slots × n)). Both give the same ranking (tested against each other).
 pub fn plan(
+    candidates: Vec<Candidate>,
+    slots: &[PlanSlot<'_>],
+    label_counts: LabelCounts,
+    k: usize,
+) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
+    plan_with(candidates, slots, label_counts, k, true)
+}
+
+/// Candidates' scores for one spec, ordered by (score, node id): the best last.
+struct ScoreIndex<'s> {
+    spec: &'s ServiceSpec,
+    /// `(score, rank)`; `rank` orders candidates by node id (`by_rank[rank]` is the index).
+    set: std::collections::BTreeSet<(u64, u32)>,
+    /// Each candidate's entry in `set`, if it is eligible.
+    entry: Vec<Option<u64>>,
+}
+
+impl<'s> ScoreIndex<'s> {
+    fn build(spec: &'s ServiceSpec, candidates: &[Candidate], rank: &[u32]) -> ScoreIndex<'s> {
+        let entry: Vec<Option<u64>> = candidates
+            .iter()
+            .map(|c| score(&c.facts, spec, SpreadView::default()))
+            .collect();
+        let set = entry
+            .iter()
+            .zip(rank)
+            .filter_map(|(s, r)| s.map(|s| (s, *r)))
+            .collect();
+        ScoreIndex { spec, set, entry }
+    }
+
+    fn rescore(&mut self, i: usize, c: &Candidate, rank: u32) {
+        if let Some(old) = self.entry[i].take() {
+            self.set.remove(&(old, rank));
+        }
+        let new = score(&c.facts, self.spec, SpreadView::default());
+        if let Some(s) = new {
+            self.set.insert((s, rank));
+        }
+        self.entry[i] = new;
+    }
+}
+
+fn plan_with(
     mut candidates: Vec<Candidate>,
     slots: &[PlanSlot<'_>],
     mut label_counts: LabelCounts,
     k: usize,
+    indexed: bool,
 ) -> BTreeMap<SlotId, Vec<(NodeId, u64)>> {
     let index: BTreeMap<NodeId, usize> = candidates
         .iter()
         .enumerate()
         .map(|(i, c)| (c.node.clone(), i))
         .collect();
+    // Ranks by node id; among equal ids the earlier candidate ranks higher, as in the walk.
+    let mut by_rank: Vec<usize> = (0..candidates.len()).collect();
+    by_rank.sort_by(|a, b| candidates[*a].node.cmp(&candidates[*b].node).then(b.cmp(a)));
+    let mut rank = vec![0u32; candidates.len()];
+    for (r, i) in by_rank.iter().enumerate() {
+        rank[*i] = r as u32;
+    }
+    let mut scores: Option<ScoreIndex<'_>> = None;
     let mut ranking = BTreeMap::new();
     for PlanSlot { slot, spec, pinned } in slots {
         let winner = match pinned {
             Some(node) => index.get(node).copied(),
+            None if indexed && spec.spread.is_none() => {
+                let idx = match &mut scores {
+                    Some(x) if std::ptr::eq(x.spec, *spec) => x,
+                    _ => scores.insert(ScoreIndex::build(spec, &candidates, &rank)),
+                };
+                let top: Vec<(u64, usize)> = idx
+                    .set
+                    .iter()
+                    .rev()
+                    .take(k)
+                    .map(|&(s, r)| (s, by_rank[r as usize]))
+                    .collect();
+                ranking.insert(
+                    slot.clone(),
+                    top.iter()
+                        .map(|(s, i)| (candidates[*i].node.clone(), *s))
+                        .collect::<Vec<_>>(),
+                );
+                top.first().map(|(_, w)| *w)
+            }
             None => {
                 // The best `k` by (score, node id), best first: one pass over the candidates.
                 let mut top: Vec<(u64, usize)> = Vec::with_capacity(k + 1);
@@ -429,6 +508,12 @@ pub fn plan(
                 *label_counts
                     .entry((spec.name.clone(), label.clone(), value))
                     .or_default() += 1;
+            }
+            // The winner's score changed: keep the index true, or drop it if it is another
+            // spec's (it is rebuilt when that spec's next open slot comes).
+            match &mut scores {
+                Some(x) if std::ptr::eq(x.spec, *spec) => x.rescore(w, &candidates[w], rank[w]),
+                _ => scores = None,
             }
         }
     }
@@ -674,6 +759,44 @@ mod tests {
             let expected: Vec<(NodeId, u64)> = all.into_iter().take(k).map(|(s, n)| (n, s)).collect();
             let ranked = plan(cands, &[open_slot(&spec, 0)], LabelCounts::new(), k);
             prop_assert_eq!(&ranked[&SlotId::new(&spec.name, 0)], &expected);
+        }
+
+        /// The indexed plan (an ordered index of scores per spec, updated for each winner)
+        /// ranks exactly like the walk over every candidate: several services, some spread by
+        /// a label, slots pinned to nodes (known, unknown, repeated ids), nodes that fill up.
+        #[test]
+        fn the_indexed_plan_ranks_like_the_walk_over_every_candidate(
+            nodes in proptest::collection::vec((0u64..3_000, 0u64..4, 0usize..3), 0..14),
+            steps in proptest::collection::vec((0usize..3, proptest::option::of(0usize..16)), 0..40),
+            k in 0usize..5,
+        ) {
+            let mut specs = [web(), web(), web()];
+            specs[1].name = ServiceName("db".into());
+            specs[1].resources.cpu_millis = 700;
+            specs[1].spread = Some("zone".into());
+            specs[2].name = ServiceName("cache".into());
+            specs[2].resources.memory_bytes = 3 << 30;
+            let cands: Vec<Candidate> = nodes
+                .iter()
+                .enumerate()
+                .map(|(i, (cpu, gib, zone))| {
+                    let mut f = facts(*cpu, gib << 30);
+                    f.labels.insert("zone".into(), format!("z{zone}"));
+                    Candidate { node: NodeId(format!("n{}", i % 9)), facts: f }
+                })
+                .collect();
+            let slots: Vec<PlanSlot> = steps
+                .iter()
+                .enumerate()
+                .map(|(n, (s, pin))| PlanSlot {
+                    slot: SlotId::new(&specs[*s].name, n as u32),
+                    spec: &specs[*s],
+                    pinned: pin.map(|p| NodeId(format!("n{p}"))),
+                })
+                .collect();
+            let indexed = plan_with(cands.clone(), &slots, LabelCounts::new(), k, true);
+            let walked = plan_with(cands, &slots, LabelCounts::new(), k, false);
+            prop_assert_eq!(indexed, walked);
         }
     }
 

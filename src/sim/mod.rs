@@ -90,6 +90,27 @@ impl SimConfig {
     }
 }
 
+/// A mesh message as the message cache keeps it for `IWANT`s.
+#[derive(Clone, Debug)]
+struct Carried {
+    msg: Arc<Message>,
+    author: usize,
+    /// Encoded size (envelope not included) and hash, measured once at the author.
+    size: u64,
+    hash: u64,
+}
+
+impl Carried {
+    fn new(msg: &Arc<Message>, author: usize, size: u64, hash: u64) -> Carried {
+        Carried {
+            msg: msg.clone(),
+            author,
+            size,
+            hash,
+        }
+    }
+}
+
 /// What a message in flight carries.
 #[derive(Clone, Debug)]
 enum Payload {
@@ -99,6 +120,9 @@ enum Payload {
     Message {
         msg: Arc<Message>,
         gossip: Option<u64>,
+        /// The node that wrote it: the core's `from`, as the agent hands it gossipsub's
+        /// message source; a mesh relay is not the author.
+        author: usize,
         /// Encoded size (envelope not included), measured once at the author.
         size: u64,
     },
@@ -209,7 +233,7 @@ pub struct Sim {
     pub bid_batches: u64,
     pub bids: u64,
     /// The gossipsub mesh, under `Gossip::Mesh`; its cache holds `(message, size, hash)`.
-    mesh: Option<gossip::Mesh<(Arc<Message>, u64, u64)>>,
+    mesh: Option<gossip::Mesh<Carried>>,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -467,14 +491,22 @@ impl Sim {
                         from: from_id,
                         bytes,
                     },
-                    Payload::Message { msg, gossip, size } => {
+                    Payload::Message {
+                        msg,
+                        gossip,
+                        author,
+                        size,
+                    } => {
                         if let Some(id) = gossip
-                            && !self.forward(to, from, id, &msg, size, hash)
+                            && !self.forward(to, from, id, &Carried::new(&msg, author, size, hash))
                         {
                             return;
                         }
                         let msg = Arc::try_unwrap(msg).unwrap_or_else(|m| (*m).clone());
-                        Input::Message { from: from_id, msg }
+                        Input::Message {
+                            from: nid(author),
+                            msg,
+                        }
                     }
                     Payload::SyncRequest { id, msg } => {
                         if !self.nodes[to].up() {
@@ -582,9 +614,10 @@ impl Sim {
                     let now = self.now;
                     let msg = Arc::new(msg);
                     let (size, hash) = measure(&*msg);
+                    let carried = Carried::new(&msg, i, size, hash);
                     let (to, id) = match &mut self.mesh {
                         Some(mesh) => {
-                            let (id, to) = mesh.publish(now, i, (msg.clone(), size, hash));
+                            let (id, to) = mesh.publish(now, i, carried.clone());
                             (to, Some(id))
                         }
                         None => {
@@ -594,7 +627,7 @@ impl Sim {
                             (to, None)
                         }
                     };
-                    self.send_measured(i, &to, msg, id, size, hash);
+                    self.send_measured(i, &to, &carried, id);
                 }
                 Output::Runtime(cmd) => self.runtime_command(i, cmd),
                 Output::Persist(delta) => {
@@ -654,20 +687,12 @@ impl Sim {
 
     fn send_message(&mut self, from: usize, to: &[usize], msg: Arc<Message>, gossip: Option<u64>) {
         let (size, hash) = measure(&*msg);
-        self.send_measured(from, to, msg, gossip, size, hash);
+        self.send_measured(from, to, &Carried::new(&msg, from, size, hash), gossip);
     }
 
-    fn send_measured(
-        &mut self,
-        from: usize,
-        to: &[usize],
-        msg: Arc<Message>,
-        gossip: Option<u64>,
-        size: u64,
-        hash: u64,
-    ) {
-        let kind = kind_of(&msg);
-        let wire = size
+    fn send_measured(&mut self, from: usize, to: &[usize], c: &Carried, gossip: Option<u64>) {
+        let kind = kind_of(&c.msg);
+        let wire = c.size
             + if gossip.is_some() {
                 gossip::ENVELOPE_BYTES
             } else {
@@ -676,11 +701,12 @@ impl Sim {
         for &t in to {
             for d in self.net.route(from, t, kind, wire) {
                 let payload = Payload::Message {
-                    msg: msg.clone(),
+                    msg: c.msg.clone(),
                     gossip,
-                    size,
+                    author: c.author,
+                    size: c.size,
                 };
-                self.deliver_after(d, from, t, payload, hash);
+                self.deliver_after(d, from, t, payload, c.hash);
             }
         }
     }
@@ -688,7 +714,7 @@ impl Sim {
     /// One `IHAVE` from `l.from` to `l.to`, the `IWANT` back for what `l.to` lacks, and those
     /// messages, each leg subject to loss and partitions; the messages arrive after the three
     /// one-way delays and are then handled like any mesh message.
-    fn lazy_gossip(&mut self, l: gossip::Lazy<(Arc<Message>, u64, u64)>) {
+    fn lazy_gossip(&mut self, l: gossip::Lazy<Carried>) {
         let ids = |k: usize| gossip::CONTROL_BYTES + gossip::ID_BYTES * k as u64;
         let Some(&ihave) = self
             .net
@@ -704,7 +730,13 @@ impl Sim {
         let Some(&iwant) = self.net.route(l.to, l.from, Kind::Gossip, iwant).first() else {
             return;
         };
-        for (id, (msg, size, hash)) in l.wanted {
+        for (id, c) in l.wanted {
+            let Carried {
+                msg,
+                author,
+                size,
+                hash,
+            } = c;
             let kind = kind_of(&msg);
             for d in self
                 .net
@@ -713,6 +745,7 @@ impl Sim {
                 let payload = Payload::Message {
                     msg: msg.clone(),
                     gossip: Some(id),
+                    author,
                     size,
                 };
                 self.deliver_after(ihave + iwant + d, l.from, l.to, payload, hash);
@@ -723,15 +756,7 @@ impl Sim {
     /// Mesh message `id` reaches node `at` from `from`: whether its core gets it (the first
     /// copy to reach a live agent); that copy is forwarded at once to `at`'s other mesh peers,
     /// unless `at` is paused.
-    fn forward(
-        &mut self,
-        at: usize,
-        from: usize,
-        id: u64,
-        msg: &Arc<Message>,
-        size: u64,
-        hash: u64,
-    ) -> bool {
+    fn forward(&mut self, at: usize, from: usize, id: u64, c: &Carried) -> bool {
         let now = self.now;
         let n = &self.nodes[at];
         let (up, paused) = (n.up(), n.paused);
@@ -742,7 +767,7 @@ impl Sim {
             return false;
         };
         if !paused && !to.is_empty() {
-            self.send_measured(at, &to, msg.clone(), Some(id), size, hash);
+            self.send_measured(at, &to, c, Some(id));
         }
         true
     }

@@ -442,51 +442,45 @@ fn plan_with(
     for PlanSlot { slot, spec, pinned } in slots {
         let winner = match pinned {
             Some(node) => index.get(node).copied(),
-            None if indexed && spec.spread.is_none() => {
-                let idx = match &mut scores {
-                    Some(x) if std::ptr::eq(x.spec, *spec) => x,
-                    _ => scores.insert(ScoreIndex::build(spec, &candidates, &rank)),
-                };
-                let top: Vec<(u64, usize)> = idx
-                    .set
-                    .iter()
-                    .rev()
-                    .take(k)
-                    .map(|&(s, r)| (s, by_rank[r as usize]))
-                    .collect();
-                ranking.insert(
-                    slot.clone(),
-                    top.iter()
-                        .map(|(s, i)| (candidates[*i].node.clone(), *s))
-                        .collect::<Vec<_>>(),
-                );
-                top.first().map(|(_, w)| *w)
-            }
             None => {
-                // The best `k` by (score, node id), best first: one pass over the candidates.
-                let mut top: Vec<(u64, usize)> = Vec::with_capacity(k + 1);
-                for (i, c) in candidates.iter().enumerate() {
-                    let spread = match &spec.spread {
-                        Some(label) => {
-                            let value = c.facts.labels.get(label).cloned().unwrap_or_default();
-                            let key = (spec.name.clone(), label.clone(), value);
-                            SpreadView {
-                                same_value: label_counts.get(&key).copied().unwrap_or(0),
+                let top: Vec<(u64, usize)> = if indexed && spec.spread.is_none() {
+                    let idx = match &mut scores {
+                        Some(x) if std::ptr::eq(x.spec, *spec) => x,
+                        _ => scores.insert(ScoreIndex::build(spec, &candidates, &rank)),
+                    };
+                    idx.set
+                        .iter()
+                        .rev()
+                        .take(k)
+                        .map(|&(s, r)| (s, by_rank[r as usize]))
+                        .collect()
+                } else {
+                    // The best `k` by (score, node id), best first: one pass over the candidates.
+                    let mut top: Vec<(u64, usize)> = Vec::with_capacity(k + 1);
+                    for (i, c) in candidates.iter().enumerate() {
+                        let spread = match &spec.spread {
+                            Some(label) => {
+                                let value = c.facts.labels.get(label).cloned().unwrap_or_default();
+                                let key = (spec.name.clone(), label.clone(), value);
+                                SpreadView {
+                                    same_value: label_counts.get(&key).copied().unwrap_or(0),
+                                }
                             }
+                            None => SpreadView::default(),
+                        };
+                        let Some(s) = score(&c.facts, spec, spread) else {
+                            continue;
+                        };
+                        let better =
+                            |&(ts, ti): &(u64, usize)| (s, &c.node) > (ts, &candidates[ti].node);
+                        let at = top.iter().position(better).unwrap_or(top.len());
+                        if at < k {
+                            top.insert(at, (s, i));
+                            top.truncate(k);
                         }
-                        None => SpreadView::default(),
-                    };
-                    let Some(s) = score(&c.facts, spec, spread) else {
-                        continue;
-                    };
-                    let better =
-                        |&(ts, ti): &(u64, usize)| (s, &c.node) > (ts, &candidates[ti].node);
-                    let at = top.iter().position(better).unwrap_or(top.len());
-                    if at < k {
-                        top.insert(at, (s, i));
-                        top.truncate(k);
                     }
-                }
+                    top
+                };
                 ranking.insert(
                     slot.clone(),
                     top.iter()

@@ -4,20 +4,15 @@
 use std::collections::BTreeMap;
 
 use shoal::node::ApiRequest;
-use shoal::sim::scenario::{service, until_placed};
-use shoal::sim::{Gossip, Sim, SimConfig};
+use shoal::sim::scenario::{service, start_and_join, until_placed};
+use shoal::sim::{Gossip, SimConfig};
 
 /// A fleet of `nodes` on the mesh, joined and settled, deploys `2 × nodes` least-loaded slots;
 /// how many nodes end up running how many instances, and when all ran.
 fn spread_over_mesh(seed: u64, nodes: usize) -> (BTreeMap<usize, usize>, Option<u64>) {
     let mut cfg = SimConfig::lan(seed, nodes);
     cfg.gossip = Gossip::Mesh;
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let joined = sim.run_until_true(120_000, 200, |s| {
-        s.up()
-            .all(|(_, node)| node.members().present_count() == nodes)
-    });
+    let (mut sim, joined) = start_and_join(cfg);
     assert!(joined.is_some(), "seed {seed}: {nodes} nodes did not join");
     sim.run_for(12_000);
     let slots = 2 * nodes as u32;

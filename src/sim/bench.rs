@@ -10,7 +10,7 @@ use crate::node::ApiRequest;
 use crate::node::PeerState;
 use crate::spec::{Resources, ServiceName};
 
-use super::scenario::{service, sweep_case, until_placed};
+use super::scenario::{join, service, start_and_join, sweep_case, until_placed};
 use super::{Crash, Sim, SimConfig, invariants, nid};
 
 /// Figures for one fleet size.
@@ -235,23 +235,6 @@ fn bench_config(seed: u64, nodes: usize) -> SimConfig {
     let mut cfg = SimConfig::lan(seed, nodes);
     cfg.check_safety = false;
     cfg
-}
-
-/// Runs until every live node counts every other present (10 virtual minutes at most); how
-/// long that took.
-fn join(sim: &mut Sim) -> Option<u64> {
-    let n = sim.nodes.len();
-    sim.run_until_true(600_000, 200, |s| {
-        s.up().all(|(_, node)| node.members().present_count() == n)
-    })
-}
-
-/// Starts every node 2 ms apart, each naming the first three as seeds, and joins them.
-fn start_and_join(cfg: SimConfig) -> (Sim, Option<u64>) {
-    let mut sim = Sim::new(cfg);
-    sim.start_all(2);
-    let joined = join(&mut sim);
-    (sim, joined)
 }
 
 /// How long a fleet settles after every node sees every other, before idle traffic is counted:

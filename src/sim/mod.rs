@@ -232,7 +232,7 @@ pub struct Sim {
     /// Bid batches and bids broadcast, claims written.
     pub bid_batches: u64,
     pub bids: u64,
-    /// The gossipsub mesh, under `Gossip::Mesh`; its cache holds `(message, size, hash)`.
+    /// The gossipsub mesh, under `Gossip::Mesh`; its message cache holds what it forwards.
     mesh: Option<gossip::Mesh<Carried>>,
 }
 
@@ -731,24 +731,18 @@ impl Sim {
             return;
         };
         for (id, c) in l.wanted {
-            let Carried {
-                msg,
-                author,
-                size,
-                hash,
-            } = c;
-            let kind = kind_of(&msg);
+            let kind = kind_of(&c.msg);
             for d in self
                 .net
-                .route(l.from, l.to, kind, size + gossip::ENVELOPE_BYTES)
+                .route(l.from, l.to, kind, c.size + gossip::ENVELOPE_BYTES)
             {
                 let payload = Payload::Message {
-                    msg: msg.clone(),
+                    msg: c.msg.clone(),
                     gossip: Some(id),
-                    author,
-                    size,
+                    author: c.author,
+                    size: c.size,
                 };
-                self.deliver_after(ihave + iwant + d, l.from, l.to, payload, hash);
+                self.deliver_after(ihave + iwant + d, l.from, l.to, payload, c.hash);
             }
         }
     }

@@ -244,6 +244,23 @@ pub fn until_placed(sim: &mut Sim, limit_ms: u64) -> Option<u64> {
     })
 }
 
+/// Runs until every live node counts every other present (10 virtual minutes at most); how
+/// long that took.
+pub fn join(sim: &mut Sim) -> Option<u64> {
+    let n = sim.nodes.len();
+    sim.run_until_true(600_000, 200, |s| {
+        s.up().all(|(_, node)| node.members().present_count() == n)
+    })
+}
+
+/// Starts every node 2 ms apart, each naming the first three as seeds, and joins them.
+pub fn start_and_join(cfg: SimConfig) -> (Sim, Option<u64>) {
+    let mut sim = Sim::new(cfg);
+    sim.start_all(2);
+    let joined = join(&mut sim);
+    (sim, joined)
+}
+
 /// Virtual time in ms (for reports).
 pub fn ms(m: Millis) -> u64 {
     m.0

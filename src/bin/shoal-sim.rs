@@ -7,7 +7,9 @@
 //! stopped keeps what it measured). `shoal-sim idle --nodes N [--seconds 20] [--tuning ours|memberlist]`
 //! joins a fleet and breaks its idle traffic down by kind and SWIM datagram class, with the
 //! simulator's speed and peak memory. `shoal-sim placement --nodes N --slots S [--limit-seconds 600]`
-//! times one large deploy on an idle fleet. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! times one large deploy on an idle fleet. `shoal-sim detect-tail --nodes N [--crashes 300]`
+//! crashes one node after another (each restarted before the next) and prints the percentiles of
+//! detection and of the time until anyone first sends the victim a datagram. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
@@ -120,6 +122,39 @@ fn main() -> anyhow::Result<()> {
                 write(&report)?;
             }
             print!("{}", report.goals_markdown());
+        }
+        "detect-tail" => {
+            let nodes = num("--nodes", 100)? as usize;
+            let crashes = num("--crashes", 300)? as usize;
+            if nodes < 2 {
+                bail!("--nodes {nodes}: a crash needs at least 2 nodes");
+            }
+            let f = bench::measure_detection_tail(seed, nodes, crashes);
+            let q = |v: &[u64], p: f64| {
+                bench::percentile(v, p)
+                    .map_or("–".into(), |x| format!("{:.2} s", x as f64 / 1000.0))
+            };
+            let over = |v: &[u64], ms: u64| v.iter().filter(|t| **t > ms).count();
+            println!(
+                "{nodes} nodes, {} crashes ({} not detected within 60 s), {:.0} virtual s in {:.0} wall s",
+                f.detect_ms.len() + f.undetected,
+                f.undetected,
+                f.virtual_ms as f64 / 1000.0,
+                f.wall_s
+            );
+            for (what, v) in [
+                ("crash -> known dead at 99%", &f.detect_ms),
+                ("crash -> first datagram to the victim", &f.first_contact_ms),
+            ] {
+                println!(
+                    "{what}: p50 {}, p90 {}, p99 {}, max {}; over 3 s: {}",
+                    q(v, 0.5),
+                    q(v, 0.9),
+                    q(v, 0.99),
+                    q(v, 1.0),
+                    over(v, 3_000)
+                );
+            }
         }
         "idle" => {
             let nodes = num("--nodes", 100)? as usize;

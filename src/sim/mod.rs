@@ -188,6 +188,11 @@ pub struct SimNode {
     /// would cost a real agent's CPU (the simulator does not charge it to virtual time). A
     /// measurement only; never read by the simulation.
     pub core_wall: std::time::Duration,
+    /// When this node last went down, and when the first SWIM datagram was sent to it after
+    /// that (someone probing or gossiping to it: where failure detection starts). Measurements
+    /// only; never read by the simulation.
+    pub down_at: Option<Millis>,
+    pub first_swim_after_down: Option<Millis>,
 }
 
 impl SimNode {
@@ -259,6 +264,8 @@ impl Sim {
                 seeds: Vec::new(),
                 dial_backoff_ms: 0,
                 core_wall: std::time::Duration::ZERO,
+                down_at: None,
+                first_swim_after_down: None,
             })
             .collect();
         let mesh = (cfg.gossip == Gossip::Mesh)
@@ -317,6 +324,8 @@ impl Sim {
         n.tick_at = None;
         n.seeds = seeds.into_iter().filter(|s| *s != i).collect();
         n.dial_backoff_ms = 500;
+        n.down_at = None;
+        n.first_swim_after_down = None;
         self.input(i, Input::Tick);
         self.dial(i);
     }
@@ -350,6 +359,8 @@ impl Sim {
         n.paused = false;
         n.inbox.clear();
         n.tick_at = None;
+        n.down_at = Some(self.now);
+        n.first_swim_after_down = None;
         if how == Crash::Machine {
             n.runtime.power_off();
         }
@@ -651,6 +662,12 @@ impl Sim {
                 }
                 Output::Datagram { to, bytes } => {
                     if let Some(to) = index_of(&to) {
+                        if let Some(t) = self.nodes.get_mut(to)
+                            && t.down_at.is_some()
+                            && t.first_swim_after_down.is_none()
+                        {
+                            t.first_swim_after_down = Some(self.now);
+                        }
                         let hash = xxh3_64_with_seed(&bytes, 6);
                         let size = bytes.len() as u64;
                         self.net.classify_swim(&bytes);

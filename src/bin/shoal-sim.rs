@@ -145,6 +145,7 @@ fn main() -> anyhow::Result<()> {
             for (what, v) in [
                 ("crash -> known dead at 99%", &f.detect_ms),
                 ("crash -> first datagram to the victim", &f.first_contact_ms),
+                ("crash -> first probe of the victim", &f.first_probe_ms),
             ] {
                 println!(
                     "{what}: p50 {}, p90 {}, p99 {}, max {}; over 3 s: {}",
@@ -153,6 +154,11 @@ fn main() -> anyhow::Result<()> {
                     q(v, 0.99),
                     q(v, 1.0),
                     over(v, 3_000)
+                );
+            }
+            for (detect, contact, probe) in &f.slow {
+                println!(
+                    "over 3 s: detected after {detect} ms, first contact {contact:?} ms, first probe {probe:?} ms"
                 );
             }
         }

@@ -311,6 +311,11 @@ pub struct DetectionTail {
     /// Crash → the first SWIM datagram anyone sends to the victim (a probe, or gossip), ms.
     /// Detection cannot start before it.
     pub first_contact_ms: Vec<u64>,
+    /// Crash → the first probe of the victim (`ping`, or a relay's `indirect-ping`), ms.
+    pub first_probe_ms: Vec<u64>,
+    /// `(detection, first contact, first probe)` ms of the crashes known dead at 99% only
+    /// after 3 s.
+    pub slow: Vec<(u64, Option<u64>, Option<u64>)>,
     /// Crashes not detected within 60 s.
     pub undetected: usize,
     pub virtual_ms: u64,
@@ -332,12 +337,18 @@ pub fn measure_detection_tail(seed: u64, nodes: usize, crashes: usize) -> Detect
         let vid = nid(victim);
         sim.crash(victim, Crash::Machine);
         let down_at = sim.now;
-        match sim.run_until_true(60_000, 10, |s| known_dead_at_99(s, &vid)) {
+        let detected = sim.run_until_true(60_000, 10, |s| known_dead_at_99(s, &vid));
+        let n = &sim.nodes[victim];
+        let contact = n.first_swim_after_down.map(|t| t.since(down_at));
+        let probe = n.first_probe_after_down.map(|t| t.since(down_at));
+        match detected {
             Some(t) => f.detect_ms.push(t),
             None => f.undetected += 1,
         }
-        if let Some(first) = sim.nodes[victim].first_swim_after_down {
-            f.first_contact_ms.push(first.since(down_at));
+        f.first_contact_ms.extend(contact);
+        f.first_probe_ms.extend(probe);
+        if detected.is_none_or(|t| t > 3_000) {
+            f.slow.push((detected.unwrap_or(u64::MAX), contact, probe));
         }
         sim.restart(victim);
         let back = sim.run_until_true(30_000, 100, |s| {

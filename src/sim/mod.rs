@@ -193,6 +193,8 @@ pub struct SimNode {
     /// only; never read by the simulation.
     pub down_at: Option<Millis>,
     pub first_swim_after_down: Option<Millis>,
+    /// When the first probe (`ping` or a relay's `indirect-ping`) was sent to it after that.
+    pub first_probe_after_down: Option<Millis>,
 }
 
 impl SimNode {
@@ -266,6 +268,7 @@ impl Sim {
                 core_wall: std::time::Duration::ZERO,
                 down_at: None,
                 first_swim_after_down: None,
+                first_probe_after_down: None,
             })
             .collect();
         let mesh = (cfg.gossip == Gossip::Mesh)
@@ -326,6 +329,7 @@ impl Sim {
         n.dial_backoff_ms = 500;
         n.down_at = None;
         n.first_swim_after_down = None;
+        n.first_probe_after_down = None;
         self.input(i, Input::Tick);
         self.dial(i);
     }
@@ -361,6 +365,7 @@ impl Sim {
         n.tick_at = None;
         n.down_at = Some(self.now);
         n.first_swim_after_down = None;
+        n.first_probe_after_down = None;
         if how == Crash::Machine {
             n.runtime.power_off();
         }
@@ -664,9 +669,14 @@ impl Sim {
                     if let Some(to) = index_of(&to) {
                         if let Some(t) = self.nodes.get_mut(to)
                             && t.down_at.is_some()
-                            && t.first_swim_after_down.is_none()
+                            && t.first_probe_after_down.is_none()
                         {
-                            t.first_swim_after_down = Some(self.now);
+                            t.first_swim_after_down.get_or_insert(self.now);
+                            let probe = crate::membership::classify_datagram(&bytes)
+                                .is_some_and(|(l, _)| l == "ping" || l == "indirect-ping");
+                            if probe {
+                                t.first_probe_after_down = Some(self.now);
+                            }
                         }
                         let hash = xxh3_64_with_seed(&bytes, 6);
                         let size = bytes.len() as u64;

@@ -9,7 +9,8 @@
 //! simulator's speed and peak memory. `shoal-sim placement --nodes N --slots S [--limit-seconds 600]`
 //! times one large deploy on an idle fleet. `shoal-sim detect-tail --nodes N [--crashes 300]`
 //! crashes one node after another (each restarted before the next) and prints the percentiles of
-//! detection and of the time until anyone first sends the victim a datagram. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! detection, of the time until anyone first sends the victim a datagram and until its first
+//! probe, and lists the crashes detected after more than 3 s. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};

@@ -308,10 +308,11 @@ pub struct DetectionTail {
     pub nodes: usize,
     /// Crash → known down at 99% of live nodes, ms, one per crash.
     pub detect_ms: Vec<u64>,
-    /// Crash → the first SWIM datagram anyone sends to the victim (a probe, or gossip), ms.
-    /// Detection cannot start before it.
+    /// Crash → the first SWIM datagram anyone sends to the victim (a probe, or gossip, which
+    /// detects nothing), ms.
     pub first_contact_ms: Vec<u64>,
-    /// Crash → the first probe of the victim (`ping`, or a relay's `indirect-ping`), ms.
+    /// Crash → the first probe of the victim (`ping`, or a relay's `indirect-ping`), ms:
+    /// detection cannot start before it.
     pub first_probe_ms: Vec<u64>,
     /// `(detection, first contact, first probe)` ms of the crashes known dead at 99% only
     /// after 3 s.

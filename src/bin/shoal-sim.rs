@@ -10,7 +10,8 @@
 //! times one large deploy on an idle fleet. `shoal-sim detect-tail --nodes N [--crashes 300]`
 //! crashes one node after another (each restarted before the next) and prints the percentiles of
 //! detection, of the time until anyone first sends the victim a datagram and until its first
-//! probe, and lists the crashes detected after more than 3 s. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
+//! check (a probe, or its ring watcher's notice), and lists the crashes detected after more
+//! than 3 s. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
 //! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
@@ -18,10 +19,13 @@ use shoal::membership::SwimTuning;
 use shoal::sim::bench;
 use shoal::sim::scenario::sweep_case;
 
+const USAGE: &str = "usage: shoal-sim bench|detect-tail|idle|placement|packing|sweep [options] \
+    (the options of each are in the docs at the top of src/bin/shoal-sim.rs)";
+
 fn main() -> anyhow::Result<()> {
     let args: Vec<String> = std::env::args().skip(1).collect();
     let Some(cmd) = args.first() else {
-        bail!("usage: shoal-sim bench|sweep [options] (see the file's docs)");
+        bail!("{USAGE}");
     };
     let opt = |name: &str| -> Option<&str> {
         args.iter()
@@ -146,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             for (what, v) in [
                 ("crash -> known dead at 99%", &f.detect_ms),
                 ("crash -> first datagram to the victim", &f.first_contact_ms),
-                ("crash -> first probe of the victim", &f.first_probe_ms),
+                ("crash -> first check of the victim", &f.first_probe_ms),
             ] {
                 println!(
                     "{what}: p50 {}, p90 {}, p99 {}, max {}; over 3 s: {}",
@@ -159,7 +163,7 @@ fn main() -> anyhow::Result<()> {
             }
             for (detect, contact, probe) in &f.slow {
                 println!(
-                    "over 3 s: detected after {detect} ms, first contact {contact:?} ms, first probe {probe:?} ms"
+                    "over 3 s: detected after {detect} ms, first contact {contact:?} ms, first check {probe:?} ms"
                 );
             }
         }
@@ -223,7 +227,7 @@ fn main() -> anyhow::Result<()> {
             let f = bench::measure_binpack(seed, nodes);
             println!("{f:?}");
         }
-        other => bail!("unknown command {other:?}: use bench, packing or sweep"),
+        other => bail!("unknown command {other:?}; {USAGE}"),
     }
     Ok(())
 }

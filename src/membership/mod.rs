@@ -18,6 +18,9 @@
 //! - `snapshot.rs`: a joiner pulls all active members from its seed, then from two random
 //!   members, instead of learning most of a large cluster from probes over minutes.
 //! - `view.rs`: mirrors foca's member states into `Member` records and events.
+//! - `watch.rs`: the ring watch. Each member sends its predecessor on the ring of node ids a
+//!   heartbeat every probe period and suspects its successor when those stop, so a crash is
+//!   suspected within a bounded time instead of whenever a random probe happens to pick it.
 //! - A workaround for foca 2.0.0, which sends "you are down" (`TurnUndead`) when a suspicion
 //!   was refuted in time, making healthy members rejoin: we drop it for members our view holds
 //!   active (`after_foca`).
@@ -40,6 +43,7 @@ mod snapshot;
 mod suspicion;
 mod tuning;
 mod view;
+mod watch;
 mod wire;
 
 #[cfg(test)]
@@ -165,9 +169,14 @@ pub struct MembershipStats {
     /// "You are down" messages foca wanted to send to members still alive in our view (a
     /// refuted suspicion); dropped, see `after_foca`.
     pub turn_undead_suppressed: u64,
-    /// Members we declared down ourselves after a suspicion heard from others lingered here
-    /// and our own notices went unanswered.
+    /// Members we declared down ourselves after our own check went unanswered: a suspicion
+    /// heard from others that lingered here, or a ring neighbour that went silent.
     pub lingering_declared_down: u64,
+    /// Ring-watch heartbeats sent and received (`watch.rs`).
+    pub heartbeats_out: u64,
+    pub heartbeats_in: u64,
+    /// Members we suspected because their heartbeats stopped.
+    pub watch_suspicions: u64,
 }
 
 /// Why `Membership::new` refused its arguments.
@@ -231,6 +240,8 @@ pub struct Membership {
     rejoin_at: Option<Millis>,
     /// Round-robin position over the members announced to while rejoining.
     rejoin_cursor: usize,
+    /// Heartbeats to our ring predecessor and the watch of our successor.
+    watch: watch::RingWatch,
     left: bool,
     stats: MembershipStats,
 }
@@ -302,6 +313,7 @@ impl Membership {
             connected: false,
             rejoin_at: None,
             rejoin_cursor: 0,
+            watch: watch::RingWatch::default(),
             left: false,
             stats: MembershipStats::default(),
         };
@@ -401,7 +413,8 @@ impl Membership {
             }
             Kind::SnapshotPull if payload.is_empty() => self.answer_snapshot(now, from, out),
             Kind::SnapshotPush => self.apply_snapshot(now, payload, out),
-            Kind::MetaPull | Kind::Suspected { .. } | Kind::SnapshotPull => {
+            Kind::Heartbeat if payload.is_empty() => self.heartbeat_from(now, from),
+            Kind::MetaPull | Kind::Suspected { .. } | Kind::SnapshotPull | Kind::Heartbeat => {
                 self.stats.decode_errors += 1
             }
             Kind::MetaPush => match Item::decode(payload) {
@@ -507,6 +520,7 @@ impl Membership {
         self.check_lingering(now);
         self.send_notices(now, out);
         self.declare_unanswered(now, out);
+        self.drive_watch(now, out);
         self.pull_missing_meta(now, out);
         self.send_follow_ups(now, out);
         if now.since(self.swept_at) >= meta::ORPHAN_SWEEP_MS {
@@ -534,6 +548,7 @@ impl Membership {
         };
         timer
             .into_iter()
+            .chain(self.watch_deadline())
             .chain(meta)
             .chain(notice)
             .chain(follow_up)

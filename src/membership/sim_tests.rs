@@ -90,6 +90,10 @@ struct Sim {
     captured: Vec<Vec<u8>>,
     /// A symmetric partition: datagrams between these nodes and the others are lost.
     cut: Option<BTreeSet<NodeId>>,
+    /// One-way cuts: datagrams from the first node to the second are lost.
+    one_way: BTreeSet<(NodeId, NodeId)>,
+    /// Nodes whose heartbeats are never sent, as if they ran a version without the ring watch.
+    no_heartbeats: BTreeSet<NodeId>,
 }
 
 impl Sim {
@@ -111,6 +115,8 @@ impl Sim {
             largest_datagram: 0,
             captured: Vec::new(),
             cut: None,
+            one_way: BTreeSet::new(),
+            no_heartbeats: BTreeSet::new(),
         };
         for i in 0..n {
             sim.add_node(i, 1);
@@ -173,6 +179,11 @@ impl Sim {
         for o in out {
             match o {
                 MemberOutput::Datagram { to, bytes } => {
+                    if self.no_heartbeats.contains(&from)
+                        && matches!(wire::decode(&bytes), Ok((wire::Kind::Heartbeat, _)))
+                    {
+                        continue;
+                    }
                     self.datagrams += 1;
                     self.datagram_bytes += bytes.len() as u64;
                     self.largest_datagram = self.largest_datagram.max(bytes.len());
@@ -186,6 +197,7 @@ impl Sim {
                         .cut
                         .as_ref()
                         .is_some_and(|c| c.contains(&from) != c.contains(&to))
+                        || self.one_way.contains(&(from.clone(), to.clone()))
                     {
                         continue;
                     }
@@ -622,6 +634,121 @@ fn lingering_suspicion_is_checked_and_concluded_here() {
     assert_eq!(a.stats().lingering_declared_down, 1);
 }
 
+/// The member before `i` on the ring of ids in a full cluster of `n`: its watcher.
+fn watcher_of(i: usize, n: usize) -> usize {
+    let mut ids: Vec<(NodeId, usize)> = (0..n).map(|k| (nid(k), k)).collect();
+    ids.sort();
+    let pos = ids.iter().position(|(_, k)| *k == i).unwrap();
+    ids[(pos + n - 1) % n].1
+}
+
+#[test]
+fn every_crash_is_suspected_within_the_ring_watch_bound() {
+    // Crashes one node after another (each restarted and rejoined before the next) and
+    // checks that each is known down everywhere within the bound the ring watch gives,
+    // however long random probing would have taken to reach it.
+    let n = 20;
+    let t = Profile::Lan.tuning(n as u32);
+    let silence = watch::WATCH_MISSES * t.probe_period_ms + t.probe_rtt_ms;
+    let budget = silence + t.suspect_to_down_ms + 10 * t.gossip_period_ms;
+    let seed = seed(150);
+    let mut sim = Sim::joined(n, seed);
+    sim.run_for(5_000);
+    let (mut worst, mut by_watch) = (0, 0);
+    for k in 0..40 {
+        let victim = 1 + (k * 7) % (n - 1);
+        let watcher = watcher_of(victim, n);
+        let before = sim.nodes[&nid(watcher)].m.stats().watch_suspicions;
+        sim.stop(victim);
+        let took = sim
+            .run_until_true(10_000, |s| s.everyone_sees(victim, MemberState::Down))
+            .unwrap_or_else(|| panic!("seed {seed}, crash {k}: node {victim} not down"));
+        assert!(
+            took <= budget,
+            "seed {seed}, crash {k}: node {victim} down everywhere after {took} ms, bound {budget} ms"
+        );
+        worst = worst.max(took);
+        if sim.nodes[&nid(watcher)].m.stats().watch_suspicions > before {
+            by_watch += 1;
+        }
+        sim.restart(victim);
+        let back = sim.run_until_true(10_000, |s| s.all_alive_with_meta());
+        assert!(
+            back.is_some(),
+            "seed {seed}, crash {k}: node {victim} did not rejoin"
+        );
+        sim.run_for(2_000);
+    }
+    println!(
+        "{n} nodes, 40 crashes: down everywhere after at most {worst} ms (bound {budget} ms); \
+         the ring watcher suspected the victim in {by_watch}"
+    );
+    assert!(by_watch > 0, "seed {seed}: the ring watch never fired");
+}
+
+#[test]
+fn the_ring_watch_suspects_nobody_in_a_healthy_fleet_or_one_without_heartbeats() {
+    let seed = seed(160);
+    let mut sim = Sim::lan(20, seed);
+    // Node 5 runs a version that sends no heartbeats: its watcher never arms.
+    sim.no_heartbeats.insert(nid(5));
+    sim.join_all();
+    assert!(
+        sim.run_until_true(30_000, |s| s.all_alive_with_meta())
+            .is_some()
+    );
+    sim.run_for(60_000);
+    let fired: u64 = sim
+        .running()
+        .map(|(_, n)| n.m.stats().watch_suspicions)
+        .sum();
+    assert_eq!(fired, 0, "seed {seed}: watch suspicions in a healthy fleet");
+    let beats: u64 = sim.running().map(|(_, n)| n.m.stats().heartbeats_in).sum();
+    assert!(beats > 0);
+    let suspects = sim
+        .events
+        .iter()
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Suspect(_) | MemberEvent::Down(_)))
+        .count();
+    assert_eq!(suspects, 0, "seed {seed}");
+}
+
+#[test]
+fn a_one_way_cut_costs_one_refuted_suspicion_not_a_death() {
+    let n = 12;
+    let seed = seed(170);
+    let mut sim = Sim::joined(n, seed);
+    sim.run_for(3_000);
+    let victim = 4;
+    let watcher = watcher_of(victim, n);
+    // Everything the victim sends its watcher is lost; the other way works.
+    sim.one_way.insert((nid(victim), nid(watcher)));
+    let t0 = sim.now;
+    sim.run_for(60_000);
+    let fired = sim.nodes[&nid(watcher)].m.stats().watch_suspicions;
+    assert_eq!(
+        fired, 1,
+        "seed {seed}: the watch fires once, then waits for a heartbeat"
+    );
+    let downs: Vec<_> = sim
+        .events_since(t0)
+        .filter(|(_, _, e)| matches!(e, MemberEvent::Down(_)))
+        .collect();
+    assert!(downs.is_empty(), "seed {seed}: {downs:?}");
+    assert!(sim.running().all(|(_, n)| n.m.alive_count() == 12));
+    // Healed: the heartbeats arm the watch again, and a crash is caught by it.
+    sim.one_way.clear();
+    sim.run_for(2_000);
+    let before = sim.nodes[&nid(watcher)].m.stats().watch_suspicions;
+    sim.stop(victim);
+    assert!(
+        sim.run_until_true(10_000, |s| s.everyone_sees(victim, MemberState::Down))
+            .is_some()
+    );
+    let after = sim.nodes[&nid(watcher)].m.stats().watch_suspicions;
+    assert!(after <= before + 1);
+}
+
 #[test]
 fn restarted_node_is_up_again_everywhere_with_its_new_incarnation() {
     let seed = seed(400);
@@ -924,6 +1051,29 @@ fn datagram_naming_another_sender_is_dropped() {
     b.handle_datagram(Millis(3), &nid(1), &datagram, &mut out);
     assert_eq!(b.alive_count(), 2);
     assert!(matches!(&out[..], [.., MemberOutput::Datagram { to, .. }] if *to == nid(1)));
+}
+
+#[test]
+fn heartbeats_with_a_payload_or_from_strangers_change_nothing() {
+    let mut b = Membership::new(member_id(2, 1), meta_for(2), Profile::Lan.tuning(10), 8).unwrap();
+    let mut out = Vec::new();
+    let mut junk = wire::encode(&wire::Kind::Heartbeat, &[]);
+    junk.push(0);
+    b.handle_datagram(Millis(1), &nid(1), &junk, &mut out);
+    assert_eq!(b.stats().decode_errors, 1);
+    b.handle_datagram(
+        Millis(2),
+        &nid(3),
+        &wire::encode(&wire::Kind::Heartbeat, &[]),
+        &mut out,
+    );
+    assert_eq!(b.stats().heartbeats_in, 1);
+    assert!(out.is_empty());
+    assert_eq!(b.alive_count(), 1);
+    // Alone, it beats nobody and watches nobody.
+    b.tick(Millis(1_000), &mut out);
+    assert!(out.is_empty(), "{out:?}");
+    assert_eq!(b.stats().heartbeats_out, 0);
 }
 
 /// Figures for DESIGN.md §10 at fleet scale: join time, idle traffic, false downs and

@@ -37,16 +37,20 @@ pub enum Profile {
 
 /// SWIM timing and sizes. Start from [`Profile::tuning`] and override single fields.
 ///
-/// Detection time of a crashed node ≈ time until someone probes it (≈ `probe_period_ms` × a
-/// geometric number of rounds, mean ≈ 0.6 rounds, p99 ≈ 4.6 rounds) + one `probe_period_ms`
-/// (the probe's end) + `suspect_to_down_ms` + dissemination (≈ log_fanout(n) ×
-/// `gossip_period_ms`). False deaths come from a suspicion that is not refuted in time: keep
+/// Detection time of a crashed node ≈ the time until it is first suspected, plus
+/// `suspect_to_down_ms`, plus dissemination (≈ log_fanout(n) × `gossip_period_ms`). It is
+/// first suspected by whichever comes first: a random probe (the wait for one is ≈
+/// `probe_period_ms` × a geometric number of rounds, p50 ≈ 0.7, p99 ≈ 4.6, unbounded; then
+/// one more period for the probe to end) or its ring watcher, at most 3 × `probe_period_ms` +
+/// `probe_rtt_ms` after the crash (the heartbeats of `watch.rs`, one datagram per node per
+/// `probe_period_ms`). False deaths come from a suspicion that is not refuted in time: keep
 /// `suspect_to_down_ms` above twice the dissemination time of the fleet size you expect.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct SwimTuning {
-    /// Milliseconds between two probes started by one node. Lower detects faster and costs
-    /// about two datagrams per period per node. LAN 300–500, WAN 1,000–5,000.
+    /// Milliseconds between two probes started by one node, and between two ring-watch
+    /// heartbeats. Lower detects faster and costs about three datagrams per period per node.
+    /// LAN 300–500, WAN 1,000–5,000.
     pub probe_period_ms: u64,
     /// Milliseconds to wait for a direct ack before asking others to probe indirectly. Must be
     /// below `probe_period_ms` (the rest of the period is left to the indirect probes). Set

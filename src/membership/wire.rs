@@ -76,6 +76,9 @@ pub(crate) enum Kind {
     SnapshotPull,
     /// A chunk of the sender's active members follows: a count, then foca members.
     SnapshotPush,
+    /// "I am alive", sent once per probe period to the sender's predecessor on the ring of
+    /// node ids, which watches it (`watch.rs`). No payload.
+    Heartbeat,
 }
 
 pub(crate) fn encode(kind: &Kind, payload: &[u8]) -> Vec<u8> {
@@ -176,6 +179,7 @@ pub fn classify(bytes: &[u8]) -> Option<(&'static str, usize)> {
         Kind::Suspected { .. } => return Some(("suspected", 0)),
         Kind::SnapshotPull => return Some(("snapshot-pull", 0)),
         Kind::SnapshotPush => return Some(("snapshot-push", 0)),
+        Kind::Heartbeat => return Some(("heartbeat", 0)),
     };
     let (message, after) = postcard::take_from_bytes::<foca::Message<MemberId>>(rest).ok()?;
     Some((message_label(&message), after.len()))
@@ -315,6 +319,14 @@ mod tests {
         let a_bytes = postcard::to_allocvec(&a).unwrap();
         let datagram = compact(&a, &a_bytes, &b, b"not a foca packet", extras());
         assert!(matches!(decode(&datagram), Ok((Kind::SwimFull { .. }, _))));
+    }
+
+    #[test]
+    fn a_heartbeat_is_two_bytes_and_classified() {
+        let bytes = encode(&Kind::Heartbeat, &[]);
+        assert_eq!(bytes.len(), 2);
+        assert_eq!(decode(&bytes), Ok((Kind::Heartbeat, &[][..])));
+        assert_eq!(classify(&bytes), Some(("heartbeat", 0)));
     }
 
     #[test]

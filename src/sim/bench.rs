@@ -311,10 +311,11 @@ pub struct DetectionTail {
     /// Crash → the first SWIM datagram anyone sends to the victim (a probe, or gossip, which
     /// detects nothing), ms.
     pub first_contact_ms: Vec<u64>,
-    /// Crash → the first probe of the victim (`ping`, or a relay's `indirect-ping`), ms:
-    /// detection cannot start before it.
+    /// Crash → the first check of the victim, ms: a probe (`ping`, or a relay's
+    /// `indirect-ping`) or the `suspected` notice of its ring watcher (membership `watch.rs`).
+    /// Detection cannot start before it.
     pub first_probe_ms: Vec<u64>,
-    /// `(detection, first contact, first probe)` ms of the crashes known dead at 99% only
+    /// `(detection, first contact, first check)` ms of the crashes known dead at 99% only
     /// after 3 s.
     pub slow: Vec<(u64, Option<u64>, Option<u64>)>,
     /// Crashes not detected within 60 s.

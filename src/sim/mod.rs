@@ -193,7 +193,8 @@ pub struct SimNode {
     /// only; never read by the simulation.
     pub down_at: Option<Millis>,
     pub first_swim_after_down: Option<Millis>,
-    /// When the first probe (`ping` or a relay's `indirect-ping`) was sent to it after that.
+    /// When it was first checked after that: a probe (`ping` or a relay's `indirect-ping`), or
+    /// the `suspected` notice of a ring watcher that found it silent.
     pub first_probe_after_down: Option<Millis>,
 }
 
@@ -672,8 +673,9 @@ impl Sim {
                             && t.first_probe_after_down.is_none()
                         {
                             t.first_swim_after_down.get_or_insert(self.now);
-                            let probe = crate::membership::classify_datagram(&bytes)
-                                .is_some_and(|(l, _)| l == "ping" || l == "indirect-ping");
+                            let probe = crate::membership::classify_datagram(&bytes).is_some_and(
+                                |(l, _)| matches!(l, "ping" | "indirect-ping" | "suspected"),
+                            );
                             if probe {
                                 t.first_probe_after_down = Some(self.now);
                             }

@@ -1,0 +1,227 @@
+//! The ring watch: a bound on how long a crash can go unnoticed.
+//!
+//! SWIM finds a crashed member only when some node's random probe picks it. Each node probes
+//! one member per period over its own shuffled list, so fleet-wide a member is probed about
+//! once per period at random moments and the wait for the first probe is roughly exponential:
+//! p50 0.7 periods, p99 4.6, and longer now and then (the simulator measured 2.66 s of silence
+//! after one crash at 1,000 nodes, pushing that detection to 4.27 s).
+//!
+//! So every member also sends one small heartbeat per probe period to its predecessor on the
+//! ring of node ids (the active member with the next lower id, as it sees the fleet), and every
+//! member watches its successor. When the successor has sent heartbeats to us in its current
+//! life and then nothing at all arrives from it for `WATCH_MISSES` periods plus the probe
+//! round-trip allowance, we suspect it: the suspicion goes out through foca like a failed
+//! probe's, the suspect is told directly (the same notices as a prober's) and, unless it
+//! answers within the suspicion timeout, we declare it down (`declare_unanswered`). A crash is
+//! then suspected at most `WATCH_MISSES × period + rtt` after it happened, whatever the probe
+//! schedule does.
+//!
+//! Why heartbeats one way rather than a ping and an ack: one datagram per node per period
+//! instead of two (idle traffic matters at the edge), and a one-way loss of 10% makes
+//! `WATCH_MISSES` = 3 misses in a row a 10⁻³ event per period, about foca's own false-suspicion
+//! rate at that loss. A false suspicion is refuted, never a death: the suspect answers the
+//! notices.
+//!
+//! What keeps it from suspecting healthy members:
+//! - A watch arms only when the watched life has sent us a heartbeat. A peer that runs an
+//!   older version (it drops the unknown kind) or sees another predecessor never arms it.
+//! - After it fires, the watch disarms until the next heartbeat from that member: a one-way
+//!   cut (its datagrams to us lost, ours to it delivered) costs one refuted suspicion, not one
+//!   per period.
+//! - Views differ for a while after a join: when a member's predecessor changes, it keeps
+//!   beating the previous one for `GRACE_PERIODS` periods, so a watcher that has not yet
+//!   heard of the joiner between them does not take the silence for a crash.
+//!
+//! Part of `Membership`; no IO.
+
+use std::ops::Bound::{Excluded, Unbounded};
+
+use super::*;
+
+/// Heartbeat periods without a datagram from the watched member before it is suspected.
+pub(super) const WATCH_MISSES: u64 = 3;
+
+/// Periods a member keeps beating its previous predecessor after its predecessor changed.
+const GRACE_PERIODS: u64 = 20;
+
+/// The ring watch of one node.
+#[derive(Default)]
+pub(super) struct RingWatch {
+    /// When the next heartbeat is due (`None`: at the next tick).
+    beat_at: Option<Millis>,
+    /// The member our heartbeats go to.
+    pred: Option<NodeId>,
+    /// The previous one, beaten until the given time.
+    old_pred: Option<(NodeId, Millis)>,
+    /// The member we watch.
+    watched: Option<Watched>,
+}
+
+struct Watched {
+    node: NodeId,
+    life: (u64, u32),
+    /// It has sent us a heartbeat in this life since we last suspected it.
+    armed: bool,
+}
+
+impl Membership {
+    /// The nearest active member after (`after`) or before this node on the ring of ids.
+    fn ring_neighbour(&self, after: bool) -> Option<(&NodeId, &view::Tracked)> {
+        let me = &self.me;
+        let active = |(id, t): &(&NodeId, &view::Tracked)| *id != me && t.member.state.is_active();
+        let higher = self.tracked.range::<NodeId, _>((Excluded(me), Unbounded));
+        let lower = self.tracked.range::<NodeId, _>(..me);
+        if after {
+            higher
+                .clone()
+                .find(active)
+                .or_else(|| lower.clone().find(active))
+        } else {
+            lower
+                .rev()
+                .find(active)
+                .or_else(|| higher.rev().find(active))
+        }
+    }
+
+    /// How long the watched member may stay silent before we suspect it.
+    fn watch_silence_ms(&self) -> u64 {
+        WATCH_MISSES * self.tuning.probe_period_ms + self.tuning.probe_rtt_ms
+    }
+
+    /// A heartbeat arrived from `from`: it arms our watch if `from` is the member we watch.
+    pub(super) fn heartbeat_from(&mut self, now: Millis, from: &NodeId) {
+        self.heard(now, from);
+        self.stats.heartbeats_in += 1;
+        if let Some(w) = self.watch.watched.as_mut().filter(|w| w.node == *from) {
+            w.armed = true;
+        }
+    }
+
+    /// Sends the heartbeat when due, follows ring changes and suspects a watched member that
+    /// went silent.
+    pub(super) fn drive_watch(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if self.watch.beat_at.is_none_or(|at| at <= now) {
+            self.beat(now, out);
+        }
+        let succ = self.ring_neighbour(true).map(|(id, t)| {
+            (
+                id.clone(),
+                (t.member.incarnation, t.renewal),
+                t.member.last_heard,
+            )
+        });
+        let Some((node, life, last_heard)) = succ else {
+            self.watch.watched = None;
+            return;
+        };
+        let silence = self.watch_silence_ms();
+        let w = match self.watch.watched.as_mut() {
+            Some(w) if w.node == node && w.life == life => w,
+            _ => {
+                self.watch.watched = Some(Watched {
+                    node,
+                    life,
+                    armed: false,
+                });
+                return;
+            }
+        };
+        if w.armed && now.since(last_heard) > silence {
+            w.armed = false;
+            self.suspect_silent(now, &node, out);
+        }
+    }
+
+    fn beat(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        let period = self.tuning.probe_period_ms;
+        self.watch.beat_at = Some(now.plus(period));
+        let pred = self.ring_neighbour(false).map(|(id, _)| id.clone());
+        if pred != self.watch.pred {
+            let grace = now.plus(GRACE_PERIODS * period);
+            self.watch.old_pred = self.watch.pred.take().map(|old| (old, grace));
+            self.watch.pred = pred;
+        }
+        if let Some((old, until)) = &self.watch.old_pred {
+            let still = *until > now
+                && self.watch.pred.as_ref() != Some(old)
+                && self
+                    .tracked
+                    .get(old)
+                    .is_some_and(|t| t.member.state.is_active());
+            if !still {
+                self.watch.old_pred = None;
+            }
+        }
+        let targets: Vec<NodeId> = self
+            .watch
+            .pred
+            .iter()
+            .chain(self.watch.old_pred.as_ref().map(|(old, _)| old))
+            .cloned()
+            .collect();
+        for to in targets {
+            self.stats.heartbeats_out += 1;
+            self.emit_datagram(to, wire::encode(&Kind::Heartbeat, &[]), out);
+        }
+    }
+
+    /// The watched member went silent: suspect it (unless it is already) and check it
+    /// ourselves, as for a suspicion that lingers here.
+    fn suspect_silent(&mut self, now: Millis, node: &NodeId, out: &mut Vec<MemberOutput>) {
+        if self.notices.contains_key(node) {
+            return; // a check of ours, or our probe's, is under way
+        }
+        let Some(t) = self.tracked.get(node) else {
+            return;
+        };
+        if t.member.state == MemberState::Alive {
+            let id = MemberId::life(
+                node.clone(),
+                t.member.incarnation,
+                t.renewal,
+                t.member.addrs.clone(),
+            );
+            let key = id.addr();
+            let suspect = foca::Member::new(id, t.foca_incarnation, foca::State::Suspect);
+            if let Err(e) = self
+                .foca
+                .apply_many(std::iter::once(suspect), true, &mut self.rt)
+            {
+                tracing::debug!(error = %e, "swim suspicion not applied");
+            }
+            self.after_foca(now, out, Scan::Only(vec![key]));
+        }
+        let Some(t) = self
+            .tracked
+            .get(node)
+            .filter(|t| t.member.state == MemberState::Suspect)
+        else {
+            return;
+        };
+        tracing::debug!(member = %node, "ring neighbour silent, suspected");
+        self.stats.watch_suspicions += 1;
+        let notice = Notice {
+            next: now,
+            life: (t.member.incarnation, t.renewal),
+            incarnation: t.foca_incarnation,
+            left: NOTICES_PER_SUSPICION,
+            declare_at: Some(now.plus(self.tuning.suspect_to_down_ms)),
+        };
+        self.notices.insert(node.clone(), notice);
+        self.send_notices(now, out);
+    }
+
+    /// When the ring watch next needs a tick.
+    pub(super) fn watch_deadline(&self) -> Option<Millis> {
+        let beat = self.watch.beat_at.unwrap_or(Millis(0));
+        let silence = self
+            .watch
+            .watched
+            .as_ref()
+            .filter(|w| w.armed)
+            .and_then(|w| self.tracked.get(&w.node))
+            .map(|t| t.member.last_heard.plus(self.watch_silence_ms() + 1));
+        Some(silence.map_or(beat, |s| s.min(beat)))
+    }
+}

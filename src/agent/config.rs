@@ -141,6 +141,11 @@ pub struct SwimOverrides {
     pub suspect_to_down_ms: Option<u64>,
     /// Members asked to probe indirectly (3–6).
     pub num_indirect_probes: Option<usize>,
+    /// The ring watch (default on): each node heartbeats its predecessor on the ring of node
+    /// ids every probe period and suspects a successor whose heartbeats stop, so a crash is
+    /// suspected within 3 periods plus `probe_rtt_ms`. Costs one small datagram per node per
+    /// period; turn it off only where that matters more than the detection bound.
+    pub ring_watch: Option<bool>,
 }
 
 impl SwimOverrides {
@@ -157,6 +162,9 @@ impl SwimOverrides {
         }
         if let Some(v) = self.num_indirect_probes {
             t.num_indirect_probes = v;
+        }
+        if let Some(v) = self.ring_watch {
+            t.ring_watch = v;
         }
     }
 }

@@ -705,6 +705,17 @@ fn the_ring_watch_suspects_nobody_in_a_healthy_fleet_or_one_without_heartbeats()
     assert_eq!(fired, 0, "seed {seed}: watch suspicions in a healthy fleet");
     let beats: u64 = sim.running().map(|(_, n)| n.m.stats().heartbeats_in).sum();
     assert!(beats > 0);
+    // Turned off, it sends nothing.
+    let mut t = Profile::Lan.tuning(4);
+    t.ring_watch = false;
+    let mut quiet = Sim::new(4, seed, t);
+    quiet.join_all();
+    quiet.run_for(10_000);
+    let beats: u64 = quiet
+        .running()
+        .map(|(_, n)| n.m.stats().heartbeats_out)
+        .sum();
+    assert_eq!(beats, 0);
     let suspects = sim
         .events
         .iter()

@@ -96,6 +96,16 @@ pub struct SwimTuning {
     pub meta_pull_retry_ms: u64,
     /// At most this many metadata pulls are sent per `tick`.
     pub meta_pulls_per_tick: usize,
+    /// The ring watch (`watch.rs`): a heartbeat to the ring predecessor every
+    /// `probe_period_ms`, and suspicion of a successor whose heartbeats stop. It bounds the
+    /// time before a crash is first suspected (3 periods plus `probe_rtt_ms`) for one small
+    /// datagram per node per period. Off, detection waits for a random probe (unbounded).
+    #[serde(default = "on")]
+    pub ring_watch: bool,
+}
+
+fn on() -> bool {
+    true
 }
 
 /// Why a `SwimTuning` is refused.
@@ -133,6 +143,7 @@ impl Profile {
                 meta_min_interval_ms: 1_000,
                 meta_pull_retry_ms: 2_000,
                 meta_pulls_per_tick: 16,
+                ring_watch: true,
             },
             Profile::Wan => SwimTuning {
                 probe_period_ms: 2_000,
@@ -149,6 +160,7 @@ impl Profile {
                 meta_min_interval_ms: 1_000,
                 meta_pull_retry_ms: 8_000,
                 meta_pulls_per_tick: 16,
+                ring_watch: true,
             },
         }
     }
@@ -186,6 +198,8 @@ impl SwimTuning {
             gossip_fanout: 3,
             announce_period_ms: 30_000,
             announce_down_period_ms: 0,
+            // Memberlist has no such watch: it waits for a random probe.
+            ring_watch: false,
             ..Profile::Lan.tuning(cluster_size)
         }
     }
@@ -283,6 +297,15 @@ mod tests {
             t.validate(),
             Err(TuningError::RttNotBelowPeriod { .. })
         ));
+    }
+
+    #[test]
+    fn ring_watch_defaults_on_when_absent_and_is_off_for_the_memberlist_baseline() {
+        let t = Profile::Lan.tuning(10);
+        let mut v = serde_json::to_value(&t).unwrap();
+        v.as_object_mut().unwrap().remove("ring_watch");
+        assert!(serde_json::from_value::<SwimTuning>(v).unwrap().ring_watch);
+        assert!(!SwimTuning::memberlist_defaults(10).ring_watch);
     }
 
     #[test]

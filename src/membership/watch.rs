@@ -101,6 +101,9 @@ impl Membership {
     /// Sends the heartbeat when due, follows ring changes and suspects a watched member that
     /// went silent.
     pub(super) fn drive_watch(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
+        if !self.tuning.ring_watch {
+            return;
+        }
         if self.watch.beat_at.is_none_or(|at| at <= now) {
             self.beat(now, out);
         }
@@ -214,6 +217,9 @@ impl Membership {
 
     /// When the ring watch next needs a tick.
     pub(super) fn watch_deadline(&self) -> Option<Millis> {
+        if !self.tuning.ring_watch {
+            return None;
+        }
         let beat = self.watch.beat_at.unwrap_or(Millis(0));
         let silence = self
             .watch

@@ -55,6 +55,10 @@ pub(super) struct RingWatch {
     old_pred: Option<(NodeId, Millis)>,
     /// The member we watch.
     watched: Option<Watched>,
+    /// When its silence is next worth checking: the earliest it can be long enough, from what
+    /// we had heard when last looking (a datagram since only moves it later, so waking at this
+    /// time is at worst early). Kept so `next_deadline` needs no member lookup.
+    check_at: Option<Millis>,
 }
 
 struct Watched {
@@ -114,6 +118,7 @@ impl Membership {
                 t.member.last_heard,
             )
         });
+        self.watch.check_at = None;
         let Some((node, life, last_heard)) = succ else {
             self.watch.watched = None;
             return;
@@ -130,9 +135,14 @@ impl Membership {
                 return;
             }
         };
-        if w.armed && now.since(last_heard) > silence {
+        if !w.armed {
+            return;
+        }
+        if now.since(last_heard) > silence {
             w.armed = false;
             self.suspect_silent(now, &node, out);
+        } else {
+            self.watch.check_at = Some(last_heard.plus(silence + 1));
         }
     }
 
@@ -221,13 +231,6 @@ impl Membership {
             return None;
         }
         let beat = self.watch.beat_at.unwrap_or(Millis(0));
-        let silence = self
-            .watch
-            .watched
-            .as_ref()
-            .filter(|w| w.armed)
-            .and_then(|w| self.tracked.get(&w.node))
-            .map(|t| t.member.last_heard.plus(self.watch_silence_ms() + 1));
-        Some(silence.map_or(beat, |s| s.min(beat)))
+        Some(self.watch.check_at.map_or(beat, |c| c.min(beat)))
     }
 }

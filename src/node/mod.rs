@@ -1231,20 +1231,32 @@ impl<R: Rng> Node<R> {
             {
                 continue;
             }
+            // The service's claims, in index order, walked in step with its slots: one pass
+            // instead of a map lookup (and a slot id built) per slot.
+            let first = SlotId {
+                service: name.clone(),
+                index: 0,
+            };
+            let mut claims = self
+                .state
+                .claims
+                .range(first..)
+                .take_while(|(slot, _)| slot.service == *name)
+                .peekable();
             for index in 0..spec.replicas {
-                let slot = SlotId::new(name, index);
-                let Some(c) = self.state.claims.get(&slot) else {
-                    open.push((slot, 1));
+                while claims.next_if(|(slot, _)| slot.index < index).is_some() {}
+                let Some((slot, c)) = claims.next_if(|(slot, _)| slot.index == index) else {
+                    open.push((SlotId::new(name, index), 1));
                     continue;
                 };
                 if c.released {
-                    open.push((slot, c.epoch + 1));
+                    open.push((slot.clone(), c.epoch + 1));
                     continue;
                 }
                 let owner_present = c.node == self.cfg.id
                     || self.members.state(&c.node).is_some_and(PeerState::present);
                 if owner_present && self.state.draining(&c.node) {
-                    open.push((slot, c.epoch + 1));
+                    open.push((slot.clone(), c.epoch + 1));
                     continue;
                 }
                 if owner_present {
@@ -1267,7 +1279,7 @@ impl<R: Rng> Node<R> {
                 {
                     continue;
                 }
-                open.push((slot, c.epoch + 1));
+                open.push((slot.clone(), c.epoch + 1));
             }
         }
         open
@@ -1489,22 +1501,32 @@ impl<R: Rng> Node<R> {
 
     fn run_auction(&mut self, now: Millis, out: &mut Vec<Output>) {
         let open: BTreeMap<SlotId, u64> = self.open_slots(now).into_iter().collect();
-        // Forget slots that were claimed meanwhile.
-        self.auction
-            .open
-            .retain(|slot, o| open.get(slot).is_some_and(|e| *e == o.epoch));
+        // Forget slots that were claimed meanwhile. Both maps are in slot order: walked in step
+        // rather than looked up (thousands of open slots, every flush of a large deploy).
+        let mut still = open.iter().peekable();
+        self.auction.open.retain(|slot, o| {
+            while still.next_if(|(s, _)| *s < slot).is_some() {}
+            still
+                .peek()
+                .is_some_and(|(s, e)| *s == slot && **e == o.epoch)
+        });
         let window = self.bid_window();
         let rebid = self.cfg.timing.rebid_ms;
-        let due: Vec<(SlotId, u64)> = open
-            .iter()
-            .filter(|(slot, _)| {
-                self.auction.open.get(*slot).is_none_or(|o| {
-                    // Seen only in others' bids so far: bid now, within their window.
+        let mut known = self.auction.open.iter().peekable();
+        let mut due: Vec<(SlotId, u64)> = Vec::new();
+        for (slot, epoch) in &open {
+            while known.next_if(|(s, _)| *s < slot).is_some() {}
+            let ready = match known.next_if(|(s, _)| *s == slot) {
+                None => true,
+                // Seen only in others' bids so far: bid now, within their window.
+                Some((_, o)) => {
                     o.my_bid.is_none() && o.opened_at.is_none_or(|t| now.since(t) >= rebid)
-                }) && self.reconciler.excluded(slot, now).is_none()
-            })
-            .map(|(s, e)| (s.clone(), *e))
-            .collect();
+                }
+            };
+            if ready && self.reconciler.excluded(slot, now).is_none() {
+                due.push((slot.clone(), *epoch));
+            }
+        }
         let plan = if due.is_empty() {
             BTreeMap::new()
         } else {
@@ -1518,7 +1540,6 @@ impl<R: Rng> Node<R> {
                 .and_then(|top| top.iter().position(|(n, _)| n == &self.cfg.id))
                 .unwrap_or(usize::MAX)
         };
-        let mut due = due;
         due.sort_by_cached_key(|(slot, _)| (rank(slot), slot.clone()));
         let mut bids = Vec::new();
         // This node's real facts, computed once for the pass and updated by each bid it makes

@@ -17,13 +17,17 @@ pub enum Profile {
     /// everywhere within 3 s at p99 in fleets up to ~1,000 nodes, with no false death at 10%
     /// datagram loss. Parameters: probe every 300 ms, ack expected within 120 ms, 5 indirect
     /// probes, suspicion 800 ms + 100 ms per decade of fleet size (1.1 s at 1,000), each update
-    /// sent 6 × (decades + 1) times (24 at 1,000), gossip every 100 ms to 4 members.
+    /// sent 6 × (decades + 1) times (24 at 1,000), gossip every 100 ms to 4 members, a ring
+    /// watch heartbeat every 300 ms.
     ///
     /// Measured in the virtual-time simulator (`sim_tests.rs`, 1–3 ms latency, 10% loss each
-    /// way): crash known down everywhere p50 1.5 s / max 1.8 s (50 nodes), p50 1.8 s / max
-    /// 3.0 s (300 nodes, 20 crashes), p50 1.9 s / max 2.1 s (1,000 nodes, 10 crashes); no false
-    /// down in 10 minutes (20 nodes), 60 s (300 nodes) or 50 s (1,000 nodes). Idle: 6.7
-    /// datagrams and ~260 payload bytes per node per second (transport overhead not included).
+    /// way), before the ring watch: crash known down everywhere p50 1.5 s / max 1.8 s (50
+    /// nodes), p50 1.8 s / max 3.0 s (300 nodes, 20 crashes), p50 1.9 s / max 2.1 s (1,000
+    /// nodes, 10 crashes); no false down in 10 minutes (20 nodes), 60 s (300 nodes) or 50 s
+    /// (1,000 nodes). With the watch, at 20 nodes: 40 crashes in a row all known down
+    /// everywhere within 1.96 s (no loss), no false down in 10 minutes at 10% loss; idle 10
+    /// datagrams and ~263 payload bytes per node per second (transport overhead not included;
+    /// the full simulator's figures with headers are in docs/bench/README.md).
     ///
     /// Foca's `new_lan` (probe 1 s, suspicion 4 s × log10 n) would take 5–10 s; what makes the
     /// short suspicion safe is that the prober tells the suspect directly (8 notices over the

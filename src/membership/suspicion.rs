@@ -22,6 +22,18 @@ pub(super) struct Notice {
 }
 
 impl Notice {
+    /// Our own check of suspect `t`: notices from `now`, and a verdict after
+    /// `suspect_to_down_ms` unless it answers (`declare_unanswered`).
+    pub(super) fn own_check(now: Millis, t: &view::Tracked, suspect_to_down_ms: u64) -> Notice {
+        Notice {
+            next: now,
+            life: (t.member.incarnation, t.renewal),
+            incarnation: t.foca_incarnation,
+            left: NOTICES_PER_SUSPICION,
+            declare_at: Some(now.plus(suspect_to_down_ms)),
+        }
+    }
+
     /// When this notice entry next needs attention.
     pub(super) fn due(&self) -> Option<Millis> {
         if self.left > 0 {
@@ -77,16 +89,7 @@ impl Membership {
                     && now.since(t.member.state_since) >= LINGER_TIMEOUTS * s
                     && !self.notices.contains_key(*node)
             })
-            .map(|(node, t)| {
-                let notice = Notice {
-                    next: now,
-                    life: (t.member.incarnation, t.renewal),
-                    incarnation: t.foca_incarnation,
-                    left: NOTICES_PER_SUSPICION,
-                    declare_at: Some(now.plus(s)),
-                };
-                (node.clone(), notice)
-            })
+            .map(|(node, t)| (node.clone(), Notice::own_check(now, t, s)))
             .collect();
         self.notices.extend(lingering);
     }

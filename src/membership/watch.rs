@@ -68,26 +68,26 @@ struct Watched {
     armed: bool,
 }
 
-impl Membership {
-    /// The nearest active member after (`after`) or before this node on the ring of ids.
-    fn ring_neighbour(&self, after: bool) -> Option<(&NodeId, &view::Tracked)> {
-        let me = &self.me;
-        let active = |(id, t): &(&NodeId, &view::Tracked)| *id != me && t.member.state.is_active();
-        let higher = self.tracked.range::<NodeId, _>((Excluded(me), Unbounded));
-        let lower = self.tracked.range::<NodeId, _>(..me);
-        if after {
-            higher
-                .clone()
-                .find(active)
-                .or_else(|| lower.clone().find(active))
-        } else {
-            lower
-                .rev()
-                .find(active)
-                .or_else(|| higher.rev().find(active))
-        }
+/// The nearest active member after (`after`) or before `me` on the ring of ids.
+fn ring_neighbour<'a>(
+    tracked: &'a BTreeMap<NodeId, view::Tracked>,
+    me: &NodeId,
+    after: bool,
+) -> Option<(&'a NodeId, &'a view::Tracked)> {
+    let active = |(id, t): &(&NodeId, &view::Tracked)| *id != me && t.member.state.is_active();
+    let mut higher = tracked.range::<NodeId, _>((Excluded(me), Unbounded));
+    let mut lower = tracked.range::<NodeId, _>(..me);
+    if after {
+        higher.find(active).or_else(|| lower.find(active))
+    } else {
+        lower
+            .rev()
+            .find(active)
+            .or_else(|| higher.rev().find(active))
     }
+}
 
+impl Membership {
     /// How long the watched member may stay silent before we suspect it.
     fn watch_silence_ms(&self) -> u64 {
         WATCH_MISSES * self.tuning.probe_period_ms + self.tuning.probe_rtt_ms
@@ -111,24 +111,18 @@ impl Membership {
         if self.watch.beat_at.is_none_or(|at| at <= now) {
             self.beat(now, out);
         }
-        let succ = self.ring_neighbour(true).map(|(id, t)| {
-            (
-                id.clone(),
-                (t.member.incarnation, t.renewal),
-                t.member.last_heard,
-            )
-        });
         self.watch.check_at = None;
-        let Some((node, life, last_heard)) = succ else {
+        let silence = self.watch_silence_ms();
+        let Some((node, t)) = ring_neighbour(&self.tracked, &self.me, true) else {
             self.watch.watched = None;
             return;
         };
-        let silence = self.watch_silence_ms();
+        let life = (t.member.incarnation, t.renewal);
         let w = match self.watch.watched.as_mut() {
-            Some(w) if w.node == node && w.life == life => w,
+            Some(w) if w.node == *node && w.life == life => w,
             _ => {
                 self.watch.watched = Some(Watched {
-                    node,
+                    node: node.clone(),
                     life,
                     armed: false,
                 });
@@ -138,8 +132,10 @@ impl Membership {
         if !w.armed {
             return;
         }
+        let last_heard = t.member.last_heard;
         if now.since(last_heard) > silence {
             w.armed = false;
+            let node = node.clone();
             self.suspect_silent(now, &node, out);
         } else {
             self.watch.check_at = Some(last_heard.plus(silence + 1));
@@ -149,7 +145,7 @@ impl Membership {
     fn beat(&mut self, now: Millis, out: &mut Vec<MemberOutput>) {
         let period = self.tuning.probe_period_ms;
         self.watch.beat_at = Some(now.plus(period));
-        let pred = self.ring_neighbour(false).map(|(id, _)| id.clone());
+        let pred = ring_neighbour(&self.tracked, &self.me, false).map(|(id, _)| id.clone());
         if pred != self.watch.pred {
             let grace = now.plus(GRACE_PERIODS * period);
             self.watch.old_pred = self.watch.pred.take().map(|old| (old, grace));
@@ -214,13 +210,7 @@ impl Membership {
         };
         tracing::debug!(member = %node, "ring neighbour silent, suspected");
         self.stats.watch_suspicions += 1;
-        let notice = Notice {
-            next: now,
-            life: (t.member.incarnation, t.renewal),
-            incarnation: t.foca_incarnation,
-            left: NOTICES_PER_SUSPICION,
-            declare_at: Some(now.plus(self.tuning.suspect_to_down_ms)),
-        };
+        let notice = Notice::own_check(now, t, self.tuning.suspect_to_down_ms);
         self.notices.insert(node.clone(), notice);
         self.send_notices(now, out);
     }

@@ -150,7 +150,7 @@ fn main() -> anyhow::Result<()> {
             for (what, v) in [
                 ("crash -> known dead at 99%", &f.detect_ms),
                 ("crash -> first datagram to the victim", &f.first_contact_ms),
-                ("crash -> first check of the victim", &f.first_probe_ms),
+                ("crash -> first check of the victim", &f.first_check_ms),
             ] {
                 println!(
                     "{what}: p50 {}, p90 {}, p99 {}, max {}; over 3 s: {}",
@@ -161,9 +161,9 @@ fn main() -> anyhow::Result<()> {
                     over(v, 3_000)
                 );
             }
-            for (detect, contact, probe) in &f.slow {
+            for (detect, contact, check) in &f.slow {
                 println!(
-                    "over 3 s: detected after {detect} ms, first contact {contact:?} ms, first check {probe:?} ms"
+                    "over 3 s: detected after {detect} ms, first contact {contact:?} ms, first check {check:?} ms"
                 );
             }
         }

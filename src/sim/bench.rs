@@ -314,7 +314,7 @@ pub struct DetectionTail {
     /// Crash → the first check of the victim, ms: a probe (`ping`, or a relay's
     /// `indirect-ping`) or the `suspected` notice of its ring watcher (membership `watch.rs`).
     /// Detection cannot start before it.
-    pub first_probe_ms: Vec<u64>,
+    pub first_check_ms: Vec<u64>,
     /// `(detection, first contact, first check)` ms of the crashes known dead at 99% only
     /// after 3 s.
     pub slow: Vec<(u64, Option<u64>, Option<u64>)>,
@@ -342,15 +342,15 @@ pub fn measure_detection_tail(seed: u64, nodes: usize, crashes: usize) -> Detect
         let detected = sim.run_until_true(60_000, 10, |s| known_dead_at_99(s, &vid));
         let n = &sim.nodes[victim];
         let contact = n.first_swim_after_down.map(|t| t.since(down_at));
-        let probe = n.first_probe_after_down.map(|t| t.since(down_at));
+        let check = n.first_check_after_down.map(|t| t.since(down_at));
         match detected {
             Some(t) => f.detect_ms.push(t),
             None => f.undetected += 1,
         }
         f.first_contact_ms.extend(contact);
-        f.first_probe_ms.extend(probe);
+        f.first_check_ms.extend(check);
         if detected.is_none_or(|t| t > 3_000) {
-            f.slow.push((detected.unwrap_or(u64::MAX), contact, probe));
+            f.slow.push((detected.unwrap_or(u64::MAX), contact, check));
         }
         sim.restart(victim);
         let back = sim.run_until_true(30_000, 100, |s| {

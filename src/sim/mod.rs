@@ -195,7 +195,7 @@ pub struct SimNode {
     pub first_swim_after_down: Option<Millis>,
     /// When it was first checked after that: a probe (`ping` or a relay's `indirect-ping`), or
     /// the `suspected` notice of a ring watcher that found it silent.
-    pub first_probe_after_down: Option<Millis>,
+    pub first_check_after_down: Option<Millis>,
 }
 
 impl SimNode {
@@ -269,7 +269,7 @@ impl Sim {
                 core_wall: std::time::Duration::ZERO,
                 down_at: None,
                 first_swim_after_down: None,
-                first_probe_after_down: None,
+                first_check_after_down: None,
             })
             .collect();
         let mesh = (cfg.gossip == Gossip::Mesh)
@@ -330,7 +330,7 @@ impl Sim {
         n.dial_backoff_ms = 500;
         n.down_at = None;
         n.first_swim_after_down = None;
-        n.first_probe_after_down = None;
+        n.first_check_after_down = None;
         self.input(i, Input::Tick);
         self.dial(i);
     }
@@ -366,7 +366,7 @@ impl Sim {
         n.tick_at = None;
         n.down_at = Some(self.now);
         n.first_swim_after_down = None;
-        n.first_probe_after_down = None;
+        n.first_check_after_down = None;
         if how == Crash::Machine {
             n.runtime.power_off();
         }
@@ -670,14 +670,14 @@ impl Sim {
                     if let Some(to) = index_of(&to) {
                         if let Some(t) = self.nodes.get_mut(to)
                             && t.down_at.is_some()
-                            && t.first_probe_after_down.is_none()
+                            && t.first_check_after_down.is_none()
                         {
                             t.first_swim_after_down.get_or_insert(self.now);
-                            let probe = crate::membership::classify_datagram(&bytes).is_some_and(
+                            let check = crate::membership::classify_datagram(&bytes).is_some_and(
                                 |(l, _)| matches!(l, "ping" | "indirect-ping" | "suspected"),
                             );
-                            if probe {
-                                t.first_probe_after_down = Some(self.now);
+                            if check {
+                                t.first_check_after_down = Some(self.now);
                             }
                         }
                         let hash = xxh3_64_with_seed(&bytes, 6);

@@ -1110,21 +1110,14 @@ impl<R: Rng> Node<R> {
         if !fenced && !listed {
             return;
         }
+        // Only the claims of `majority` services: walking every claim (comparing each one's
+        // owner, a cold heap string) on every pass was a large share of a big deploy's CPU.
         let mine: BTreeSet<(SlotId, u64)> = self
             .state
-            .claims
-            .iter()
-            .filter(|(slot, c)| {
-                c.node == self.cfg.id
-                    && !c.released
-                    && self
-                        .state
-                        .services
-                        .get(&slot.service)
-                        .and_then(|e| e.current())
-                        .and_then(|r| r.spec())
-                        .is_some_and(|spec| spec.partition == PartitionMode::Majority)
-            })
+            .live_services()
+            .filter(|(_, _, spec)| spec.partition == PartitionMode::Majority)
+            .flat_map(|(name, _, _)| self.state.claims_of(name))
+            .filter(|(_, c)| c.node == self.cfg.id && !c.released)
             .map(|(slot, c)| (slot.clone(), c.epoch))
             .collect();
         self.vouched.retain(|v, _| mine.contains(v));
@@ -1185,19 +1178,21 @@ impl<R: Rng> Node<R> {
     /// Releases slots this node owns but can no longer host (a new revision needs a runtime or
     /// labels it lacks).
     fn release_unfit(&mut self, _now: Millis, out: &mut Vec<Output>) {
+        // Fitness depends on the spec alone: only the claims of services this node cannot
+        // host are walked, not every claim on every pass.
         let mut unfit = Vec::new();
-        for (slot, c) in &self.state.claims {
-            if c.node != self.cfg.id || c.released {
-                continue;
-            }
-            let Some(spec) = self.state.live_spec(&slot.service) else {
-                continue;
-            };
+        for (name, _, spec) in self.state.live_services() {
             let driver_ok = self.cfg.runtimes.contains(&spec.workload.driver());
             let labels_ok = spec.constraints.iter().all(|k| k.matches(&self.cfg.labels));
-            if !driver_ok || !labels_ok {
-                unfit.push(slot.clone());
+            if driver_ok && labels_ok {
+                continue;
             }
+            unfit.extend(
+                self.state
+                    .claims_of(name)
+                    .filter(|(_, c)| c.node == self.cfg.id && !c.released)
+                    .map(|(slot, _)| slot.clone()),
+            );
         }
         for slot in unfit {
             self.release(&slot, out);
@@ -1233,16 +1228,7 @@ impl<R: Rng> Node<R> {
             }
             // The service's claims, in index order, walked in step with its slots: one pass
             // instead of a map lookup (and a slot id built) per slot.
-            let first = SlotId {
-                service: name.clone(),
-                index: 0,
-            };
-            let mut claims = self
-                .state
-                .claims
-                .range(first..)
-                .take_while(|(slot, _)| slot.service == *name)
-                .peekable();
+            let mut claims = self.state.claims_of(name).peekable();
             for index in 0..spec.replicas {
                 while claims.next_if(|(slot, _)| slot.index < index).is_some() {}
                 let Some((slot, c)) = claims.next_if(|(slot, _)| slot.index == index) else {
@@ -1371,10 +1357,7 @@ impl<R: Rng> Node<R> {
         };
         let mine = self.cfg.labels.get(label);
         let mut same = 0;
-        for (slot, c) in self.state.claims.range(SlotId::new(&spec.name, 0)..) {
-            if slot.service != spec.name {
-                break;
-            }
+        for (slot, c) in self.state.claims_of(&spec.name) {
             if c.released || slot.index >= spec.replicas {
                 continue;
             }

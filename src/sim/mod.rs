@@ -184,10 +184,11 @@ pub struct SimNode {
     /// Seeds the transport dials while the node knows no peer, and the current backoff.
     seeds: Vec<usize>,
     dial_backoff_ms: u64,
-    /// Wall time this node's core has spent handling inputs and flushing: what the same work
-    /// would cost a real agent's CPU (the simulator does not charge it to virtual time). A
-    /// measurement only; never read by the simulation.
-    pub core_wall: std::time::Duration,
+    /// CPU time (this thread's, so time the OS gave to other processes is not counted) this
+    /// node's core has spent handling inputs and flushing: what the same work would cost a
+    /// real agent's CPU (the simulator does not charge it to virtual time). A measurement only;
+    /// never read by the simulation.
+    pub core_cpu: std::time::Duration,
     /// When this node last went down, and when the first SWIM datagram was sent to it after
     /// that (someone probing or gossiping to it: where failure detection starts). Measurements
     /// only; never read by the simulation.
@@ -266,7 +267,7 @@ impl Sim {
                 tick_at: None,
                 seeds: Vec::new(),
                 dial_backoff_ms: 0,
-                core_wall: std::time::Duration::ZERO,
+                core_cpu: std::time::Duration::ZERO,
                 down_at: None,
                 first_swim_after_down: None,
                 first_check_after_down: None,
@@ -456,10 +457,10 @@ impl Sim {
                 continue;
             };
             let mut out = Vec::new();
-            let t0 = std::time::Instant::now();
+            let t0 = thread_cpu();
             node.flush(now, &mut out);
             let wake = node.next_wake(now).max(now.plus(1));
-            self.nodes[i].core_wall += t0.elapsed();
+            self.nodes[i].core_cpu += thread_cpu().saturating_sub(t0);
             self.apply(i, out);
             self.schedule_wake(i, wake);
         }
@@ -603,10 +604,10 @@ impl Sim {
             self.trace,
         );
         let mut out = Vec::new();
-        let t0 = std::time::Instant::now();
+        let t0 = thread_cpu();
         node.absorb(now, input, &mut out);
         let wake = node.next_wake(now).max(now.plus(1));
-        self.nodes[i].core_wall += t0.elapsed();
+        self.nodes[i].core_cpu += thread_cpu().saturating_sub(t0);
         self.unflushed.insert(i);
         self.apply(i, out);
         self.schedule_wake(i, wake);
@@ -1026,4 +1027,20 @@ fn node_config(cfg: &SimConfig, i: usize, incarnation: u64) -> NodeConfig {
 /// The line that replays a sweep case.
 pub fn reproduce(seed: u64, nodes: usize) -> String {
     format!("reproduce: SIM_SEED={seed} SIM_NODES={nodes} cargo test --release --test sim_sweep")
+}
+
+/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): unlike wall time it does not
+/// count the moments the OS ran something else, which on a shared 2-core machine made the
+/// busiest node's figure swing by half from run to run.
+fn thread_cpu() -> std::time::Duration {
+    let mut ts = libc::timespec {
+        tv_sec: 0,
+        tv_nsec: 0,
+    };
+    // SAFETY: clock_gettime writes into the timespec we own; the clock exists on Linux.
+    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
+    if rc != 0 {
+        return std::time::Duration::ZERO;
+    }
+    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }

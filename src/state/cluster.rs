@@ -246,6 +246,17 @@ impl ClusterState {
         })
     }
 
+    /// A service's claims in slot order. The range's two ends are found once; walking it
+    /// compares no keys (a `take_while` on the service name would compare every claim's name,
+    /// a cold heap string each, on every pass over a large service).
+    pub fn claims_of(
+        &self,
+        name: &ServiceName,
+    ) -> std::collections::btree_map::Range<'_, SlotId, Claim> {
+        self.claims
+            .range(SlotId::new(name, 0)..=SlotId::new(name, u32::MAX))
+    }
+
     /// The revision with this stamp, if still in history.
     pub fn revision_by_stamp(&self, name: &ServiceName, stamp: &Hlc) -> Option<&Revision> {
         self.services.get(name)?.history.get(stamp)

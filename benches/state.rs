@@ -54,11 +54,11 @@ fn node_id(i: usize) -> NodeId {
         s.push(B58[(x % 58) as usize] as char);
         x = x.rotate_left(7).wrapping_mul(0xbf58_476d_1ce4_e5b9) ^ (i as u64);
     }
-    NodeId(s)
+    NodeId(s.into())
 }
 
 fn service_name(i: usize) -> ServiceName {
-    ServiceName(format!("svc-{i:05}"))
+    ServiceName(format!("svc-{i:05}").into())
 }
 
 /// A typical service spec, through the real parser. `version` changes the image tag and one

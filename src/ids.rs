@@ -2,14 +2,20 @@
 //!
 //! Plain data only: no parsing of user input (that is `spec/`) and no IO.
 
+use std::sync::Arc;
+
 use serde::{Deserialize, Serialize};
 
 use crate::spec::ServiceName;
 
 /// A node's id: the base58 text of its libp2p `PeerId` (an Ed25519 key kept in its data dir).
 /// Stable across restarts. Ordered by its text, which is the tie-breaker everywhere.
+///
+/// The text is shared (`Arc<str>`): a node holds its peers' ids in every claim, bid and report,
+/// and the replicated state keeps one allocation per node (see `ClusterState`) so that the
+/// many comparisons of a large deploy stay in cache. Equal pointers compare equal at once.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct NodeId(pub String);
+pub struct NodeId(pub Arc<str>);
 
 impl NodeId {
     /// The first characters after the common `12D3KooW` prefix, for tables meant for people.
@@ -43,10 +49,29 @@ impl Millis {
 }
 
 /// `(service, index)`: the unit of placement. A service with `replicas: n` has slots `0..n`.
-#[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
+/// Ordered by service, then index. Two slots whose names share one allocation (the replicated
+/// state keeps one per service) compare by index alone, without reading the name.
+#[derive(Clone, Debug, PartialEq, Eq, Hash, Serialize, Deserialize)]
 pub struct SlotId {
     pub service: ServiceName,
     pub index: u32,
+}
+
+impl Ord for SlotId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        let same = Arc::ptr_eq(&self.service.0, &other.service.0);
+        if same {
+            self.index.cmp(&other.index)
+        } else {
+            (&self.service, self.index).cmp(&(&other.service, other.index))
+        }
+    }
+}
+
+impl PartialOrd for SlotId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
 }
 
 impl SlotId {
@@ -108,5 +133,36 @@ impl RevisionId {
 impl std::fmt::Display for RevisionId {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
         f.write_str(&self.0)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    proptest! {
+        /// Whether two slots share their name's allocation or hold equal copies, they order by
+        /// the name's text, then the index, exactly as a `(String, u32)` pair does.
+        #[test]
+        fn slot_order_is_by_name_then_index_however_the_name_is_held(
+            a in (0usize..3, 0u32..4),
+            b in (0usize..3, 0u32..4),
+            shared in any::<bool>(),
+        ) {
+            let names = ["a", "ab", "b"];
+            let name_a = ServiceName(names[a.0].into());
+            let name_b = if shared && a.0 == b.0 {
+                name_a.clone()
+            } else {
+                ServiceName(names[b.0].into())
+            };
+            let x = SlotId::new(&name_a, a.1);
+            let y = SlotId::new(&name_b, b.1);
+            let expected = (names[a.0], a.1).cmp(&(names[b.0], b.1));
+            prop_assert_eq!(x.cmp(&y), expected);
+            prop_assert_eq!(y.cmp(&x), expected.reverse());
+            prop_assert_eq!(x == y, expected.is_eq());
+        }
     }
 }

@@ -395,7 +395,7 @@ async fn foreign_container_is_never_listed_or_stopped() {
     let squatted = bed.key(&bed.service("squat"), 0, 1);
     let other_node = Owner {
         cluster: bed.owner.cluster.clone(),
-        node: shoal::ids::NodeId(format!("other-{}", bed.suffix)),
+        node: shoal::ids::NodeId(format!("other-{}", bed.suffix).into()),
     };
     let neighbour = bed.key(&bed.service("neighbour"), 0, 1);
     let neighbour_spec = bed.sh(&neighbour, "exec sleep 1000");
@@ -407,7 +407,7 @@ async fn foreign_container_is_never_listed_or_stopped() {
             neighbour_spec
                 .labels()
                 .into_iter()
-                .chain([("shoal.node".to_string(), other_node.node.0.clone())])
+                .chain([("shoal.node".to_string(), other_node.node.0.to_string())])
                 .collect(),
         ),
     ] {

@@ -228,7 +228,7 @@ pub fn run(args: DemoArgs) -> anyhow::Result<()> {
         println!(
             "  {} {} runtimes: {}",
             n.name,
-            crate::ids::NodeId(n.id.clone()).short(),
+            crate::ids::NodeId(n.id.as_str().into()).short(),
             client.1.runtimes.join(", ")
         );
         n.client = Some(client.0);

@@ -807,7 +807,7 @@ impl LogSource for AgentLogs {
                 )
             })?;
             match &row.node {
-                Some(n) if n == &me.0 => {}
+                Some(n) if **n == *me.0 => {}
                 Some(n) => {
                     return Err(ApiError::not_found(
                         format!("slot {service}/{slot} runs on node {n}, not on this node"),

@@ -397,7 +397,7 @@ fn base_url(api: &str) -> Result<String, ClientError> {
 /// A service name checked with the server's words before it goes into a URL.
 fn checked(service: &str) -> Result<String, ClientError> {
     service_name(service)
-        .map(|n| n.0)
+        .map(|n| n.0.to_string())
         .map_err(|e| ClientError::Invalid {
             error: e.error,
             hint: e.hint.unwrap_or_default(),

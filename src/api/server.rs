@@ -428,7 +428,10 @@ async fn logs(
         )
     })?;
     let Query(LogsQuery { follow, tail }) = q.map_err(bad_query)?;
-    let rx = s.logs.logs(service.0, slot, follow, tail).await?;
+    let rx = s
+        .logs
+        .logs(service.0.to_string(), slot, follow, tail)
+        .await?;
 
     let mut stopping = s.stopping.clone();
     let stopped = async move {

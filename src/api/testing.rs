@@ -129,7 +129,7 @@ fn answer(req: ApiRequest) -> ApiReply {
             specs
                 .iter()
                 .map(|s| WriteResult {
-                    service: s.name.0.clone(),
+                    service: s.name.0.to_string(),
                     revision: "web-1".into(),
                     changed: true,
                 })

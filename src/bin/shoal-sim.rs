@@ -211,11 +211,13 @@ fn main() -> anyhow::Result<()> {
                 ),
             }
             println!(
-                "running by virtual second: {:?}; {:.2} bids and {:.3} bid messages per slot; core CPU per node from the write: busiest {:.2} s, mean {:.2} s; {:.1} virtual s in {:.1} wall s; peak RSS {}",
+                "running by virtual second: {:?}; {:.2} bids and {:.3} bid messages per slot; core CPU per node from the write: busiest {:.2} s (node {}), p99 {:.2} s, mean {:.2} s; {:.1} virtual s in {:.1} wall s; peak RSS {}",
                 f.running_by_second,
                 f.bids_per_slot,
                 f.bid_messages_per_slot,
                 f.core_s_max,
+                f.core_busiest,
+                f.core_s_p99,
                 f.core_s_mean,
                 f.virtual_ms as f64 / 1000.0,
                 f.wall_s,

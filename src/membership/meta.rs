@@ -342,7 +342,7 @@ mod tests {
     #[test]
     fn the_stamp_of_an_encoded_record_is_read_without_decoding_it() {
         let record = MetaRecord {
-            node: NodeId("n".repeat(52)),
+            node: NodeId("n".repeat(52).into()),
             incarnation: 7,
             meta: NodeMeta {
                 version: 42,
@@ -417,7 +417,7 @@ mod tests {
         };
         assert_eq!(m.validate(), Ok(()));
         let rec = MetaRecord {
-            node: NodeId("n".repeat(52)),
+            node: NodeId("n".repeat(52).into()),
             incarnation: u64::MAX,
             meta: m,
         };

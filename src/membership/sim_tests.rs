@@ -17,7 +17,7 @@ use crate::spec::DriverKind;
 
 /// As long as a real base58 Ed25519 `PeerId` (52 characters), so byte counts are realistic.
 fn nid(i: usize) -> NodeId {
-    NodeId(format!("12D3KooW{i:0>44}"))
+    NodeId(format!("12D3KooW{i:0>44}").into())
 }
 
 fn meta_for(i: usize) -> NodeMeta {

@@ -187,7 +187,7 @@ mod tests {
     #[test]
     fn snapshots_are_rate_limited_per_requester_and_in_all() {
         let mut s = Served::default();
-        let n = |i: u8| NodeId(format!("n{i}"));
+        let n = |i: u8| NodeId(format!("n{i}").into());
         assert!(s.admit(Millis(0), &n(0)));
         assert!(!s.admit(Millis(1), &n(0)), "same requester too soon");
         for i in 1..SNAPSHOTS_PER_SECOND as u8 {
@@ -200,8 +200,12 @@ mod tests {
 
     #[test]
     fn a_chunk_round_trips_and_junk_is_refused() {
-        let id =
-            MemberId::new(NodeId("x".repeat(52)), 3, vec!["/ip4/1.2.3.4/tcp/1".into()]).unwrap();
+        let id = MemberId::new(
+            NodeId("x".repeat(52).into()),
+            3,
+            vec!["/ip4/1.2.3.4/tcp/1".into()],
+        )
+        .unwrap();
         let member = foca::Member::new(id, 2, foca::State::Suspect);
         let bytes = postcard::to_allocvec(&member).unwrap();
         let chunk = finish_chunk(2, &[bytes.clone(), bytes].concat());

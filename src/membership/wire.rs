@@ -220,7 +220,7 @@ mod tests {
 
     fn id(n: &str, inc: u64) -> MemberId {
         MemberId::new(
-            NodeId(n.repeat(52)),
+            NodeId(n.repeat(52).into()),
             inc,
             vec!["/ip4/10.0.0.1/tcp/7946".into()],
         )

@@ -132,7 +132,7 @@ pub fn load_or_create_identity(data_dir: &Path) -> Result<Keypair, NetError> {
 
 /// The node id of a keypair: the base58 text of its libp2p `PeerId`.
 pub fn node_id(kp: &Keypair) -> NodeId {
-    NodeId(kp.public().to_peer_id().to_base58())
+    NodeId(kp.public().to_peer_id().to_base58().into())
 }
 
 fn write_secret_file(path: &Path, bytes: &[u8]) -> Result<(), NetError> {

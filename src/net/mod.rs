@@ -290,7 +290,7 @@ impl NetHandle {
         let (tx, rx) = oneshot::channel();
         let max = self.shared.max_sync_bytes;
         let Some(peer) = self.peer(&to) else {
-            let _ = tx.send(Err(NetError::BadNodeId(to.0)));
+            let _ = tx.send(Err(NetError::BadNodeId(to.0.to_string())));
             return rx;
         };
         if bytes.len() > max {

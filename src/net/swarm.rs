@@ -697,7 +697,7 @@ async fn sleep_until(at: Option<Instant>) {
 }
 
 fn node(peer: &PeerId) -> NodeId {
-    NodeId(peer.to_base58())
+    NodeId(peer.to_base58().into())
 }
 
 fn without_p2p(mut addr: Multiaddr) -> Multiaddr {

@@ -265,7 +265,7 @@ pub fn resolve_node<'a>(
     known: impl Iterator<Item = &'a NodeId>,
 ) -> Result<NodeId, ApiError> {
     let matches: Vec<&NodeId> = known
-        .filter(|n| n.0 == given || n.0.starts_with(given) || n.short().starts_with(given))
+        .filter(|n| *n.0 == *given || n.0.starts_with(given) || n.short().starts_with(given))
         .collect();
     match matches.as_slice() {
         [one] => Ok((*one).clone()),

@@ -765,9 +765,10 @@ impl<R: Rng> Node<R> {
             }
             Message::Bids(bids) => {
                 self.counters.bids_received += bids.len() as u64;
-                for bid in bids {
+                for mut bid in bids {
                     // A bid is only taken from the node it names.
                     if bid.node == from {
+                        bid.slot.service = self.state.canonical_service(&bid.slot.service);
                         self.auction.record(now, bid);
                     }
                 }
@@ -815,7 +816,7 @@ impl<R: Rng> Node<R> {
         let delta = self.state.put_revision(name, rev);
         self.write(delta, out);
         api::WriteResult {
-            service: name.0.clone(),
+            service: name.0.to_string(),
             revision: id,
             changed: true,
         }
@@ -841,7 +842,7 @@ impl<R: Rng> Node<R> {
                     let current = self.state.services.get(&name).and_then(|e| e.current());
                     if let Some(cur) = current.filter(|c| c.spec() == Some(&spec)) {
                         results.push(api::WriteResult {
-                            service: name.0.clone(),
+                            service: name.0.to_string(),
                             revision: cur.id.0.clone(),
                             changed: false,
                         });
@@ -854,7 +855,7 @@ impl<R: Rng> Node<R> {
                         delta_bytes = 0;
                     }
                     results.push(api::WriteResult {
-                        service: name.0.clone(),
+                        service: name.0.to_string(),
                         revision: rev.id.0.clone(),
                         changed: true,
                     });
@@ -888,7 +889,7 @@ impl<R: Rng> Node<R> {
                         .current()
                         .expect("live service has a revision");
                     return Ok(ApiReply::Written(vec![api::WriteResult {
-                        service: service.0.clone(),
+                        service: service.0.to_string(),
                         revision: cur.id.0.clone(),
                         changed: false,
                     }]));
@@ -952,7 +953,7 @@ impl<R: Rng> Node<R> {
                         .rev()
                         .map(|r| api::HistoryEntry {
                             revision: r.id.0.clone(),
-                            written_by: r.stamp.node.0.clone(),
+                            written_by: r.stamp.node.0.to_string(),
                             written_at: r.stamp.wall_ms,
                             current: Some(&r.stamp) == current.as_ref(),
                             deleted: r.spec().is_none(),
@@ -994,7 +995,7 @@ impl<R: Rng> Node<R> {
                 }
                 Ok(ApiReply::Written(vec![api::WriteResult {
                     service: String::new(),
-                    revision: target.0,
+                    revision: target.0.to_string(),
                     changed,
                 }]))
             }
@@ -1845,9 +1846,9 @@ impl<R: Rng> Node<R> {
                     .and_then(|r| r.detail.clone())
                     .or_else(|| pending.get(&slot).cloned());
                 rows.push(api::PsEntry {
-                    service: name.0.clone(),
+                    service: name.0.to_string(),
                     slot: index,
-                    node: claim.map(|c| c.node.0.clone()),
+                    node: claim.map(|c| c.node.0.to_string()),
                     epoch: claim.map_or(0, |c| c.epoch),
                     revision: report.map(|r| r.revision.0.clone()),
                     state,
@@ -1882,7 +1883,7 @@ impl<R: Rng> Node<R> {
             .filter(|l| matches!(l.phase, reconcile::Phase::Running { .. }))
             .count();
         api::StatusView {
-            node: self.cfg.id.0.clone(),
+            node: self.cfg.id.0.to_string(),
             incarnation: self.cfg.incarnation,
             agent_version: self.cfg.agent_version.clone(),
             digest: format!("{:016x}", self.state.digest()),
@@ -1907,7 +1908,7 @@ impl<R: Rng> Node<R> {
                 .unplaceable(now)
                 .into_iter()
                 .map(|(slot, reason)| api::Unplaceable {
-                    service: slot.service.0,
+                    service: slot.service.0.to_string(),
                     slot: slot.index,
                     reason,
                 })
@@ -1916,7 +1917,7 @@ impl<R: Rng> Node<R> {
             last_sync: self
                 .last_sync
                 .iter()
-                .map(|(n, t)| (n.0.clone(), t.0))
+                .map(|(n, t)| (n.0.to_string(), t.0))
                 .collect(),
             faults: Vec::new(),
         }
@@ -1925,7 +1926,7 @@ impl<R: Rng> Node<R> {
     fn nodes(&self, now: Millis) -> Vec<api::NodeView> {
         let me = self.meta(now);
         let mut rows = vec![api::NodeView {
-            id: self.cfg.id.0.clone(),
+            id: self.cfg.id.0.to_string(),
             addresses: self.cfg.addrs.clone(),
             labels: me.labels.clone(),
             state: "alive".into(),
@@ -1944,7 +1945,7 @@ impl<R: Rng> Node<R> {
         for (id, p) in self.members.peers() {
             let m = p.meta.clone().unwrap_or_default();
             rows.push(api::NodeView {
-                id: id.0.clone(),
+                id: id.0.to_string(),
                 addresses: m.addrs.clone(),
                 labels: m.labels.clone(),
                 state: p.state.as_str().into(),
@@ -2217,6 +2218,6 @@ mod tests;
 
 /// The last 6 characters of a node id, for logs.
 fn short(node: &NodeId) -> &str {
-    let s = node.0.as_str();
+    let s: &str = &node.0;
     s.get(s.len().saturating_sub(6)..).unwrap_or(s)
 }

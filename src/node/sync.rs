@@ -233,7 +233,7 @@ mod tests {
     fn with_services(n: usize, node: &str) -> ClusterState {
         let mut s = ClusterState::default();
         for i in 0..n {
-            let name = ServiceName(format!("svc-{i}"));
+            let name = ServiceName(format!("svc-{i}").into());
             s.put_revision(
                 &name,
                 Revision {

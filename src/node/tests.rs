@@ -684,7 +684,7 @@ fn two_nodes_agree_on_one_winner_per_slot_and_spread_the_replicas() {
         .state()
         .claims
         .values()
-        .map(|c| c.node.0.clone())
+        .map(|c| c.node.0.to_string())
         .collect();
     assert_eq!(owners.len(), 4, "{owners:?}");
     let on_a = owners.iter().filter(|o| *o == "a").count();
@@ -813,7 +813,7 @@ fn a_thousand_slot_deploy_spreads_evenly_in_bounded_messages() {
         .state()
         .claims
         .values()
-        .filter(|c| c.node.0 == "a")
+        .filter(|c| &*c.node.0 == "a")
         .count();
     assert_eq!(a.state().claims.len(), 1000);
     assert_eq!(on_a, 500, "spread within one of even");
@@ -869,7 +869,7 @@ fn a_deploy_of_several_services_goes_out_as_one_delta_within_the_gossip_limit() 
     let specs: Vec<ServiceSpec> = ["api", "db", "web"]
         .iter()
         .map(|n| ServiceSpec {
-            name: ServiceName(n.to_string()),
+            name: ServiceName((*n).into()),
             ..web(2)
         })
         .collect();
@@ -884,7 +884,7 @@ fn a_deploy_of_several_services_goes_out_as_one_delta_within_the_gossip_limit() 
     let specs: Vec<ServiceSpec> = (0..40)
         .map(|i| {
             let mut s = web(2);
-            s.name = ServiceName(format!("s{i:02}"));
+            s.name = ServiceName(format!("s{i:02}").into());
             s.env = (0..16)
                 .map(|k| (format!("KEY_{k:02}"), "v".repeat(240)))
                 .collect();

@@ -556,7 +556,7 @@ mod tests {
         #[test]
         fn the_order_of_bids_does_not_matter(scores in prop::collection::vec((0u64..5, 0u8..6), 1..10), seed in any::<u64>()) {
             let slot = SlotId::new(&ServiceName("web".into()), 0);
-            let mut bids: Vec<Bid> = scores.iter().map(|(s, n)| Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}")) }).collect();
+            let mut bids: Vec<Bid> = scores.iter().map(|(s, n)| Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}").into()) }).collect();
             let w1 = winner(&bids).cloned();
             // A deterministic shuffle from the seed.
             let len = bids.len();
@@ -572,7 +572,7 @@ mod tests {
             let mut bids = Bids::default();
             let mut map = BTreeMap::new();
             for (s, n) in &scores {
-                let bid = Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}")) };
+                let bid = Bid { slot: slot.clone(), epoch: 1, score: *s, node: NodeId(format!("n{n}").into()) };
                 map.insert(bid.node.clone(), bid.clone());
                 bids.insert(bid);
             }
@@ -707,7 +707,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, cpu)| Candidate {
-                    node: NodeId(format!("n{i}")),
+                    node: NodeId(format!("n{i}").into()),
                     facts: facts(*cpu, 8 << 30),
                 })
                 .collect();
@@ -741,7 +741,7 @@ mod tests {
                 .iter()
                 .enumerate()
                 .map(|(i, cpu)| Candidate {
-                    node: NodeId(format!("n{}", i % 7)),
+                    node: NodeId(format!("n{}", i % 7).into()),
                     facts: facts(*cpu, 8 << 30),
                 })
                 .collect();
@@ -776,7 +776,7 @@ mod tests {
                 .map(|(i, (cpu, gib, zone))| {
                     let mut f = facts(*cpu, gib << 30);
                     f.labels.insert("zone".into(), format!("z{zone}"));
-                    Candidate { node: NodeId(format!("n{}", i % 9)), facts: f }
+                    Candidate { node: NodeId(format!("n{}", i % 9).into()), facts: f }
                 })
                 .collect();
             let slots: Vec<PlanSlot> = steps
@@ -785,7 +785,7 @@ mod tests {
                 .map(|(n, (s, pin))| PlanSlot {
                     slot: SlotId::new(&specs[*s].name, n as u32),
                     spec: &specs[*s],
-                    pinned: pin.map(|p| NodeId(format!("n{p}"))),
+                    pinned: pin.map(|p| NodeId(format!("n{p}").into())),
                 })
                 .collect();
             let indexed = plan_with(cands.clone(), &slots, LabelCounts::new(), k, true);
@@ -800,7 +800,7 @@ mod tests {
         let cands: Vec<Candidate> = ["a", "b", "c"]
             .iter()
             .map(|n| Candidate {
-                node: NodeId(n.to_string()),
+                node: NodeId((*n).into()),
                 facts: facts(4000, 4 << 30),
             })
             .collect();
@@ -830,7 +830,7 @@ mod tests {
         let cands: Vec<Candidate> = ["a", "b", "c", "d", "e"]
             .iter()
             .map(|n| Candidate {
-                node: NodeId(n.to_string()),
+                node: NodeId((*n).into()),
                 facts: facts(4000, 4 << 30),
             })
             .collect();
@@ -875,7 +875,7 @@ mod tests {
         let cands = vec![mk("a", "eu"), mk("b", "eu"), mk("c", "us")];
         let slots: Vec<PlanSlot> = (0..2).map(|i| open_slot(&spec, i)).collect();
         let plan = plan(cands, &slots, LabelCounts::new(), 1);
-        let winners: BTreeSet<String> = plan.values().map(|t| t[0].0.0.clone()).collect();
+        let winners: BTreeSet<String> = plan.values().map(|t| t[0].0.0.to_string()).collect();
         assert!(
             winners.contains("c"),
             "one replica in each region: {winners:?}"

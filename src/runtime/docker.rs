@@ -164,7 +164,7 @@ impl DockerDriver {
 
     fn owns(&self, labels: &HashMap<String, String>) -> bool {
         labels.get(LABEL_CLUSTER) == Some(&self.owner.cluster)
-            && labels.get(LABEL_NODE) == Some(&self.owner.node.0)
+            && labels.get(LABEL_NODE) == Some(&self.owner.node.0.to_string())
     }
 
     fn owner_filters(&self) -> HashMap<&'static str, Vec<String>> {
@@ -983,7 +983,7 @@ fn parse_identity(labels: &HashMap<String, String>) -> Result<(InstanceKey, Revi
         .map_err(|e| format!("label {LABEL_EPOCH}: {e}"))?;
     let revision = get(LABEL_REVISION)?;
     let slot = SlotId {
-        service: ServiceName(service.clone()),
+        service: ServiceName(service.as_str().into()),
         index,
     };
     Ok((InstanceKey { slot, epoch }, RevisionId(revision.clone())))

@@ -43,8 +43,8 @@ impl InstanceSpec {
     pub fn labels(&self) -> BTreeMap<String, String> {
         let mut l = BTreeMap::new();
         l.insert("shoal.cluster".into(), self.cluster.clone());
-        l.insert("shoal.node".into(), self.node.0.clone());
-        l.insert("shoal.service".into(), self.key.slot.service.0.clone());
+        l.insert("shoal.node".into(), self.node.0.to_string());
+        l.insert("shoal.service".into(), self.key.slot.service.0.to_string());
         l.insert("shoal.slot".into(), self.key.slot.index.to_string());
         l.insert("shoal.epoch".into(), self.key.epoch.to_string());
         l.insert("shoal.revision".into(), self.revision.0.clone());

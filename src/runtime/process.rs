@@ -88,7 +88,7 @@ struct InstanceRecord {
 impl InstanceRecord {
     fn owned_by(&self, owner: &Owner) -> bool {
         self.labels.get("shoal.cluster") == Some(&owner.cluster)
-            && self.labels.get("shoal.node") == Some(&owner.node.0)
+            && self.labels.get("shoal.node") == Some(&owner.node.0.to_string())
     }
 
     fn proc(&self) -> Proc {
@@ -737,7 +737,10 @@ fn instance_env(spec: &InstanceSpec, ports: &[(String, u16)]) -> Vec<(OsString, 
         env.insert(k.into(), v.into());
     }
     let key = &spec.key;
-    env.insert("SHOAL_SERVICE".into(), key.slot.service.0.clone().into());
+    env.insert(
+        "SHOAL_SERVICE".into(),
+        key.slot.service.0.to_string().into(),
+    );
     env.insert("SHOAL_SLOT".into(), key.slot.index.to_string().into());
     env.insert("SHOAL_EPOCH".into(), key.epoch.to_string().into());
     env.insert("SHOAL_REVISION".into(), spec.revision.0.clone().into());

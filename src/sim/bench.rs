@@ -104,7 +104,7 @@ pub fn measure(seed: u64, nodes: usize, crashes: usize, writes: usize, slots: u3
             Some(Ok(crate::node::ApiReply::Written(w))) => w[0].revision.clone(),
             other => panic!("deploy not acknowledged: {other:?}"),
         };
-        let svc = ServiceName(name);
+        let svc = ServiceName(name.into());
         let live = sim.up().count();
         if let Some(t) = sim.run_until_true(10_000, 5, |s| s.holding(&svc, &rev) == live) {
             f.write_ms.push(t);
@@ -445,6 +445,10 @@ pub struct PlacementFigures {
     /// and mean.
     pub core_s_max: f64,
     pub core_s_mean: f64,
+    /// The busiest node's index (0 took the deploy's API call) and the 99th percentile over
+    /// all nodes.
+    pub core_busiest: usize,
+    pub core_s_p99: f64,
     pub virtual_ms: u64,
     pub wall_s: f64,
 }
@@ -516,6 +520,15 @@ pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> 
         .collect();
     f.core_s_max = core.iter().copied().fold(0.0, f64::max);
     f.core_s_mean = core.iter().sum::<f64>() / core.len().max(1) as f64;
+    f.core_busiest = (0..core.len())
+        .max_by(|a, b| core[*a].total_cmp(&core[*b]))
+        .unwrap_or(0);
+    let mut sorted = core.clone();
+    sorted.sort_by(f64::total_cmp);
+    f.core_s_p99 = sorted
+        .get((sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1)))
+        .copied()
+        .unwrap_or(0.0);
     f.virtual_ms = sim.now.0;
     f.wall_s = wall.elapsed().as_secs_f64();
     f

@@ -207,7 +207,7 @@ impl SimNode {
 
 /// Node `i`'s id.
 pub fn nid(i: usize) -> NodeId {
-    NodeId(format!("12D3KooWsim{i:05}"))
+    NodeId(format!("12D3KooWsim{i:05}").into())
 }
 
 pub fn index_of(id: &NodeId) -> Option<usize> {
@@ -660,8 +660,10 @@ impl Sim {
                     if self.api_pending.remove(&id).is_some() {
                         if let Ok(ApiReply::Written(w)) = &result {
                             for r in w.iter().filter(|r| r.changed && !r.service.is_empty()) {
-                                self.acked
-                                    .push((ServiceName(r.service.clone()), r.revision.clone()));
+                                self.acked.push((
+                                    ServiceName(r.service.as_str().into()),
+                                    r.revision.clone(),
+                                ));
                             }
                         }
                         self.replies.insert(id, result);

@@ -56,7 +56,7 @@ pub fn parse_bytes(file: &str, bytes: &[u8]) -> Result<Vec<ServiceSpec>, SpecErr
 
 /// A service name: a DNS label (`[a-z0-9]([-a-z0-9]{0,61}[a-z0-9])?`), validated on parse.
 #[derive(Clone, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub struct ServiceName(pub String);
+pub struct ServiceName(pub std::sync::Arc<str>);
 
 impl ServiceName {
     /// Longest name allowed: a DNS label.
@@ -87,7 +87,7 @@ impl ServiceName {
         if s.starts_with('-') || s.ends_with('-') {
             return Err(format!("starts or ends with '-', {RULE}"));
         }
-        Ok(ServiceName(s.to_owned()))
+        Ok(ServiceName(s.into()))
     }
 
     pub fn as_str(&self) -> &str {

@@ -82,7 +82,7 @@ pub(crate) fn services(src: &Source<'_>, docs: &[Node]) -> Result<Vec<ServiceSpe
         if let Some(first_line) = seen.get(&spec.name) {
             return Err(SpecError::DuplicateService {
                 at: name_at,
-                name: spec.name.0,
+                name: spec.name.0.to_string(),
                 first_line: *first_line,
             });
         }

@@ -804,7 +804,10 @@ fn a_byte_order_mark_is_ignored() {
 #[test]
 fn service_names_follow_dns_label_rules() {
     for good in ["a", "web", "web-1", "1web", &"a".repeat(63)] {
-        assert_eq!(ServiceName::new(good).map(|n| n.0), Ok(good.to_owned()));
+        assert_eq!(
+            ServiceName::new(good).map(|n| n.0.to_string()),
+            Ok(good.to_owned())
+        );
     }
     for bad in [
         "",

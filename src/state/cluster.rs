@@ -246,6 +246,11 @@ impl ClusterState {
         })
     }
 
+    /// The name as this state holds it (one shared allocation per service; see `Canonical`).
+    pub fn canonical_service(&self, name: &ServiceName) -> ServiceName {
+        self.services.canonical(name)
+    }
+
     /// A service's claims in slot order. The range's two ends are found once; walking it
     /// compares no keys (a `take_while` on the service name would compare every claim's name,
     /// a cold heap string each, on every pass over a large service).
@@ -416,9 +421,20 @@ impl Crdt for ClusterState {
         }
         for (slot, claim) in &other.claims {
             match self.claims.get_mut(slot) {
-                Some(mine) => changed |= mine.merge(claim),
+                Some(mine) => {
+                    if mine.merge(claim) {
+                        mine.node = self.reports.canonical(&mine.node);
+                        changed = true;
+                    }
+                }
                 None => {
-                    self.claims.insert(slot.clone(), claim.clone());
+                    let slot = SlotId {
+                        service: self.services.canonical(&slot.service),
+                        index: slot.index,
+                    };
+                    let mut claim = claim.clone();
+                    claim.node = self.reports.canonical(&claim.node);
+                    self.claims.insert(slot, claim);
                     changed = true;
                 }
             }
@@ -452,6 +468,22 @@ impl Crdt for ClusterState {
         }
         changed |= self.bury();
         changed
+    }
+}
+
+/// The key this map already holds for a name, or the name itself: claims share their
+/// service's and their owner's name with the maps that hold them, one allocation per name for
+/// the whole state. Placement walks and looks up thousands of claims on every pass; names read
+/// from one place stay in cache where a copy per claim would not (a large deploy's CPU went
+/// mostly to such reads).
+trait Canonical<K> {
+    fn canonical(&self, key: &K) -> K;
+}
+
+impl<K: Ord + Clone, V> Canonical<K> for BTreeMap<K, V> {
+    fn canonical(&self, key: &K) -> K {
+        self.get_key_value(key)
+            .map_or_else(|| key.clone(), |(k, _)| k.clone())
     }
 }
 
@@ -516,7 +548,7 @@ pub(crate) mod tests {
     }
 
     fn node(i: u8) -> NodeId {
-        NodeId(format!("n{i}"))
+        NodeId(format!("n{i}").into())
     }
 
     // Generators respect real invariants: a stamp (wall, logical, node) is unique per write, so a
@@ -594,6 +626,60 @@ pub(crate) mod tests {
                 }
                 s
             })
+    }
+
+    /// Claims merged in from a peer's delta (its own copies of every name) hold the names this
+    /// state already keeps: one allocation per service and per node, however many claims.
+    #[test]
+    fn merged_claims_share_their_names_with_the_state() {
+        let mut s = ClusterState::default();
+        let web = ServiceName("web".into());
+        s.put_revision(
+            &web,
+            revision_for(
+                "web",
+                Hlc {
+                    wall_ms: 1,
+                    logical: 0,
+                    node: node(1),
+                },
+            ),
+        );
+        s.put_report(&node(1), NodeReport::default(), (1, 0));
+        let mut delta = ClusterState::default();
+        for index in 0..3 {
+            delta.claims.insert(
+                SlotId::new(&ServiceName("web".into()), index),
+                Claim {
+                    epoch: 1,
+                    score: 1,
+                    node: node(1),
+                    released: false,
+                    revision: Hlc {
+                        wall_ms: 1,
+                        logical: 0,
+                        node: node(1),
+                    },
+                },
+            );
+        }
+        assert!(s.merge(&delta));
+        let held_name = s.services.get_key_value(&web).unwrap().0.clone();
+        let held_node = s.reports.get_key_value(&node(1)).unwrap().0.clone();
+        assert_eq!(s.claims.len(), 3);
+        for (slot, c) in &s.claims {
+            assert!(std::sync::Arc::ptr_eq(&slot.service.0, &held_name.0));
+            assert!(std::sync::Arc::ptr_eq(&c.node.0, &held_node.0));
+        }
+        // A newer claim that replaces one held keeps the shared owner name too.
+        let mut newer = delta.clone();
+        newer.claims.values_mut().for_each(|c| c.epoch = 2);
+        assert!(s.merge(&newer));
+        assert!(
+            s.claims
+                .values()
+                .all(|c| c.epoch == 2 && std::sync::Arc::ptr_eq(&c.node.0, &held_node.0))
+        );
     }
 
     proptest! {

@@ -210,7 +210,7 @@ impl Store {
         each!(SERVICES, "services", |k, v| {
             let entry =
                 wire::decode(v, MAX_VALUE_BYTES).map_err(|e| self.corrupt("services", e))?;
-            s.services.insert(ServiceName(k.to_string()), entry);
+            s.services.insert(ServiceName(k.into()), entry);
         });
         each!(CLAIMS, "claims", |k, v| {
             let slot: SlotId =
@@ -220,15 +220,15 @@ impl Store {
         });
         each!(REPORTS, "reports", |k, v| {
             let r = wire::decode(v, MAX_VALUE_BYTES).map_err(|e| self.corrupt("reports", e))?;
-            s.reports.insert(NodeId(k.to_string()), r);
+            s.reports.insert(NodeId(k.into()), r);
         });
         each!(GRAVEYARD, "graveyard", |k, v| {
             let g = wire::decode(v, MAX_VALUE_BYTES).map_err(|e| self.corrupt("graveyard", e))?;
-            s.graveyard.insert(ServiceName(k.to_string()), g);
+            s.graveyard.insert(ServiceName(k.into()), g);
         });
         each!(DRAINS, "drains", |k, v| {
             let d = wire::decode(v, MAX_VALUE_BYTES).map_err(|e| self.corrupt("drains", e))?;
-            s.drains.insert(NodeId(k.to_string()), d);
+            s.drains.insert(NodeId(k.into()), d);
         });
         Ok(s)
     }
@@ -273,10 +273,8 @@ impl Store {
             let mut t = tx.open_table(SERVICES).map_err(|e| self.write_err(e))?;
             for name in scope.services.keys() {
                 match state.services.get(name) {
-                    Some(entry) => t
-                        .insert(name.0.as_str(), wire::encode(entry).as_slice())
-                        .map(drop),
-                    None => t.remove(name.0.as_str()).map(drop),
+                    Some(entry) => t.insert(&*name.0, wire::encode(entry).as_slice()).map(drop),
+                    None => t.remove(&*name.0).map(drop),
                 }
                 .map_err(|e| self.write_err(e))?;
             }
@@ -292,21 +290,21 @@ impl Store {
             let mut t = tx.open_table(REPORTS).map_err(|e| self.write_err(e))?;
             for node in scope.reports.keys() {
                 if let Some(r) = state.reports.get(node) {
-                    t.insert(node.0.as_str(), wire::encode(r).as_slice())
+                    t.insert(&*node.0, wire::encode(r).as_slice())
                         .map_err(|e| self.write_err(e))?;
                 }
             }
             let mut t = tx.open_table(GRAVEYARD).map_err(|e| self.write_err(e))?;
             for name in scope.graveyard.keys() {
                 if let Some(g) = state.graveyard.get(name) {
-                    t.insert(name.0.as_str(), wire::encode(g).as_slice())
+                    t.insert(&*name.0, wire::encode(g).as_slice())
                         .map_err(|e| self.write_err(e))?;
                 }
             }
             let mut t = tx.open_table(DRAINS).map_err(|e| self.write_err(e))?;
             for node in scope.drains.keys() {
                 if let Some(d) = state.drains.get(node) {
-                    t.insert(node.0.as_str(), wire::encode(d).as_slice())
+                    t.insert(&*node.0, wire::encode(d).as_slice())
                         .map_err(|e| self.write_err(e))?;
                 }
             }

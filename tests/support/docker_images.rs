@@ -87,7 +87,7 @@ impl TestBed {
     pub fn key(&self, service: &str, slot: u32, epoch: u64) -> InstanceKey {
         InstanceKey {
             slot: SlotId {
-                service: ServiceName(service.to_string()),
+                service: ServiceName(service.into()),
                 index: slot,
             },
             epoch,
@@ -111,7 +111,7 @@ pub async fn test_bed(test: &str, tag: &str) -> Option<TestBed> {
     let pid = std::process::id();
     let owner = Owner {
         cluster: format!("test-{pid}"),
-        node: NodeId(format!("node-{tag}")),
+        node: NodeId(format!("node-{tag}").into()),
     };
     let cleanup = Cleanup::for_owner(&owner);
     Some(TestBed {

@@ -632,19 +632,14 @@ pub(crate) mod tests {
     /// state already keeps: one allocation per service and per node, however many claims.
     #[test]
     fn merged_claims_share_their_names_with_the_state() {
-        let mut s = ClusterState::default();
+        let stamp = Hlc {
+            wall_ms: 1,
+            logical: 0,
+            node: node(1),
+        };
         let web = ServiceName("web".into());
-        s.put_revision(
-            &web,
-            revision_for(
-                "web",
-                Hlc {
-                    wall_ms: 1,
-                    logical: 0,
-                    node: node(1),
-                },
-            ),
-        );
+        let mut s = ClusterState::default();
+        s.put_revision(&web, revision_for("web", stamp.clone()));
         s.put_report(&node(1), NodeReport::default(), (1, 0));
         let mut delta = ClusterState::default();
         for index in 0..3 {
@@ -655,11 +650,7 @@ pub(crate) mod tests {
                     score: 1,
                     node: node(1),
                     released: false,
-                    revision: Hlc {
-                        wall_ms: 1,
-                        logical: 0,
-                        node: node(1),
-                    },
+                    revision: stamp.clone(),
                 },
             );
         }

@@ -518,12 +518,12 @@ pub fn measure_placement(seed: u64, nodes: usize, slots: u32, limit_ms: u64) -> 
         .zip(&core0)
         .map(|(n, c0)| (n.core_cpu - *c0).as_secs_f64())
         .collect();
-    f.core_s_max = core.iter().copied().fold(0.0, f64::max);
     f.core_s_mean = core.iter().sum::<f64>() / core.len().max(1) as f64;
     f.core_busiest = (0..core.len())
         .max_by(|a, b| core[*a].total_cmp(&core[*b]))
         .unwrap_or(0);
-    let mut sorted = core.clone();
+    f.core_s_max = core.get(f.core_busiest).copied().unwrap_or(0.0);
+    let mut sorted = core;
     sorted.sort_by(f64::total_cmp);
     f.core_s_p99 = sorted
         .get((sorted.len() * 99 / 100).min(sorted.len().saturating_sub(1)))

@@ -5,7 +5,7 @@
 //! that decides whether a received record is news worth passing on. No IO, no clock.
 
 use std::collections::BTreeMap;
-use std::sync::{Arc, Mutex, MutexGuard};
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
 use foca::{BroadcastHandler, Invalidates};
 use serde::{Deserialize, Serialize};
@@ -118,7 +118,9 @@ impl NodeMeta {
 pub(crate) struct MetaRecord {
     pub node: NodeId,
     pub incarnation: u64,
-    pub meta: NodeMeta,
+    /// Shared with `Member::meta` and with the node core's `PeerMeta`: a member's metadata is
+    /// held once per node however many views read it.
+    pub meta: Arc<NodeMeta>,
 }
 
 impl MetaRecord {
@@ -228,15 +230,61 @@ pub(crate) struct Store {
     /// Nodes that announced leaving since `Membership` last looked.
     pub left: Vec<NodeId>,
     pub rejected: u64,
+    /// Set only where many `Membership`s live in one process (the simulator).
+    pub share: Option<RecordShare>,
+}
+
+/// One copy of each node's newest metadata record for every `Membership` of a process that
+/// holds it (see [`super::Membership::share_records`]). An agent runs one `Membership` and has
+/// no use for it; the simulator runs thousands, each holding every member's record, and
+/// without it a fleet's records would be held once per simulated node. Sharing changes no
+/// decision: a record is shared only when equal to the one received, and records are never
+/// mutated in place.
+#[derive(Clone, Default)]
+pub struct RecordShare(Arc<Mutex<SharedRecords>>);
+
+/// Per node, the stamp of the record offered for sharing and the record while anyone holds it.
+type SharedRecords = BTreeMap<NodeId, (Stamp, Weak<NodeMeta>)>;
+
+impl RecordShare {
+    /// At most this many nodes' records are offered for sharing; past it records are held
+    /// unshared, as without a share.
+    pub const MAX_NODES: usize = 1 << 20;
+
+    /// The shared copy of `record`'s metadata if one is held and equal; otherwise `record`'s
+    /// own, now offered to the others.
+    fn share(&self, record: &MetaRecord) -> Arc<NodeMeta> {
+        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let stamp = record.stamp();
+        match known.get(&record.node) {
+            Some((s, held)) if *s == stamp => {
+                if let Some(held) = held.upgrade()
+                    && *held == *record.meta
+                {
+                    return held;
+                }
+            }
+            Some((s, held)) if *s > stamp && held.strong_count() > 0 => {
+                return record.meta.clone();
+            }
+            None if known.len() >= Self::MAX_NODES => return record.meta.clone(),
+            _ => {}
+        }
+        known.insert(record.node.clone(), (stamp, Arc::downgrade(&record.meta)));
+        record.meta.clone()
+    }
 }
 
 impl Store {
     /// Keeps `record` if it is newer than what is known. Returns whether it was.
-    pub fn offer_meta(&mut self, record: MetaRecord) -> Result<bool, ItemError> {
+    pub fn offer_meta(&mut self, mut record: MetaRecord) -> Result<bool, ItemError> {
         match self.metas.get(&record.node) {
             Some(known) if known.stamp() >= record.stamp() => return Ok(false),
             None if self.metas.len() >= MAX_META_ENTRIES => return Err(ItemError::StoreFull),
             _ => {}
+        }
+        if let Some(share) = &self.share {
+            record.meta = share.share(&record);
         }
         self.meta_changed.push(record.node.clone());
         self.metas.insert(record.node.clone(), record);
@@ -347,7 +395,8 @@ mod tests {
             meta: NodeMeta {
                 version: 42,
                 ..meta()
-            },
+            }
+            .into(),
         };
         let bytes = record.encode();
         assert_eq!(
@@ -419,7 +468,7 @@ mod tests {
         let rec = MetaRecord {
             node: NodeId("n".repeat(52).into()),
             incarnation: u64::MAX,
-            meta: m,
+            meta: m.into(),
         };
         assert!(
             rec.encode().len() <= MAX_META_RECORD_BYTES,
@@ -437,7 +486,7 @@ mod tests {
             MetaRecord {
                 node: NodeId("a".into()),
                 incarnation: inc,
-                meta: m,
+                meta: m.into(),
             }
         };
         assert_eq!(s.offer_meta(rec(1, 2)), Ok(true));
@@ -454,13 +503,69 @@ mod tests {
     }
 
     #[test]
+    fn stores_given_one_share_hold_one_copy_of_an_equal_record_and_their_own_of_another() {
+        let share = RecordShare::default();
+        let stores: Vec<SharedStore> = (0..3).map(|_| SharedStore::default()).collect();
+        let mut handlers: Vec<Handler> = stores.iter().map(|s| Handler(s.clone())).collect();
+        for s in &stores {
+            s.lock().share = Some(share.clone());
+        }
+        let held = |s: &SharedStore| s.lock().metas[&NodeId("a".into())].meta.clone();
+        let rec = |version, agent: &str| MetaRecord {
+            node: NodeId("a".into()),
+            incarnation: 1,
+            meta: NodeMeta {
+                version,
+                agent_version: agent.into(),
+                ..meta()
+            }
+            .into(),
+        };
+        // Each store decodes its own copy from the wire; all but the first keep the first's.
+        for h in &mut handlers {
+            assert!(
+                h.receive_item(&rec(2, "0.1.0").encode(), None)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert!(Arc::ptr_eq(&held(&stores[0]), &held(&stores[1])));
+        assert!(Arc::ptr_eq(&held(&stores[0]), &held(&stores[2])));
+        // A newer record replaces the shared one for those that receive it.
+        for h in &mut handlers[..2] {
+            assert!(
+                h.receive_item(&rec(3, "0.2.0").encode(), None)
+                    .unwrap()
+                    .is_some()
+            );
+        }
+        assert!(Arc::ptr_eq(&held(&stores[0]), &held(&stores[1])));
+        assert_eq!(held(&stores[0]).agent_version, "0.2.0");
+        assert_eq!(held(&stores[2]).agent_version, "0.1.0");
+        // A record under the same stamp but with other content is never swapped for the
+        // shared one: what each store holds is what it received.
+        let other = SharedStore::default();
+        other.lock().share = Some(share.clone());
+        Handler(other.clone())
+            .receive_item(&rec(3, "forged").encode(), None)
+            .unwrap();
+        assert_eq!(held(&other).agent_version, "forged");
+        assert_eq!(held(&stores[0]).agent_version, "0.2.0");
+        // Nothing keeps a record alive but the stores holding it.
+        let weak = Arc::downgrade(&held(&stores[2]));
+        drop(stores);
+        drop(handlers);
+        assert!(weak.upgrade().is_none());
+    }
+
+    #[test]
     fn handler_passes_news_on_and_drops_repeats_and_junk() {
         let store = SharedStore::default();
         let mut h = Handler(store.clone());
         let rec = MetaRecord {
             node: NodeId("a".into()),
             incarnation: 1,
-            meta: meta(),
+            meta: meta().into(),
         };
         let bytes = rec.encode();
         assert!(h.receive_item(&bytes, None).unwrap().is_some());

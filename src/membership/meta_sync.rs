@@ -16,12 +16,12 @@ impl Membership {
         self.published = MetaRecord {
             node: self.me.clone(),
             incarnation: self.foca.identity().incarnation,
-            meta: self.meta.clone(),
+            meta: Arc::new(self.meta.clone()),
         };
         self.published_at = Some(now);
         self.meta_pending = false;
         if let Some(me) = self.tracked.get_mut(&self.me) {
-            me.member.meta = Some(self.meta.clone());
+            me.member.meta = Some(self.published.meta.clone());
         }
         self.broadcast_item(&Item::Meta(self.published.clone()));
     }

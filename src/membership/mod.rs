@@ -50,6 +50,7 @@ mod wire;
 mod sim_tests;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 use std::time::Duration;
 
 use foca::{Codec, Identity, OwnedNotification, PostcardCodec, Timer};
@@ -61,7 +62,7 @@ use crate::ids::{Millis, NodeId};
 pub use identity::{IdentityError, MAX_ADDR_BYTES, MAX_ADDRS, MemberId, NodeKey};
 pub use meta::{
     MAX_AGENT_VERSION_BYTES, MAX_LABEL_KEY_BYTES, MAX_LABEL_VALUE_BYTES, MAX_LABELS,
-    MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta,
+    MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta, RecordShare,
 };
 pub use tuning::{Profile, SwimTuning, TuningError};
 pub use wire::classify as classify_datagram;
@@ -103,7 +104,7 @@ pub struct Member {
     pub state: MemberState,
     /// Its newest metadata we have, if any has arrived yet. May belong to the previous life
     /// for a moment after a restart.
-    pub meta: Option<NodeMeta>,
+    pub meta: Option<Arc<NodeMeta>>,
     /// Where it listens (from its identity).
     pub addrs: Vec<String>,
     /// When a datagram from it last arrived here (`Millis(0)`: never directly).
@@ -273,7 +274,7 @@ impl Membership {
         let published = MetaRecord {
             node: me.node.clone(),
             incarnation: me.incarnation,
-            meta,
+            meta: Arc::new(meta),
         };
         let self_member = Member {
             id: me.node.clone(),
@@ -290,7 +291,7 @@ impl Membership {
             rt: Collect::default(),
             tuning,
             me: me.node.clone(),
-            meta: published.meta.clone(),
+            meta: NodeMeta::clone(&published.meta),
             published: published.clone(),
             published_at: None,
             meta_pending: false,
@@ -594,6 +595,13 @@ impl Membership {
         self.rejoin_at = Some(now.plus(self.tuning.announce_down_period_ms));
     }
 
+    /// Holds the members' metadata records received from now on in `share`, with every other
+    /// `Membership` given the same share: one copy of each record per process instead of one
+    /// per `Membership` (for the simulator; see [`RecordShare`]).
+    pub fn share_records(&mut self, share: RecordShare) {
+        self.store.lock().share = Some(share);
+    }
+
     /// Replaces this node's metadata. Its `version` is assigned here. Published at once unless
     /// a change was published less than `meta_min_interval_ms` ago; then it waits for the
     /// window and coalesces with later changes. The local view (`member(me)`) changes at once.
@@ -608,7 +616,7 @@ impl Membership {
         let size = MetaRecord {
             node: self.me.clone(),
             incarnation: 0,
-            meta: meta.clone(),
+            meta: Arc::new(meta.clone()),
         }
         .encode()
         .len();
@@ -624,7 +632,7 @@ impl Membership {
         }
         self.meta = meta.clone();
         if let Some(me) = self.tracked.get_mut(&self.me) {
-            me.member.meta = Some(meta);
+            me.member.meta = Some(Arc::new(meta));
         }
         if self.left {
             return Ok(());

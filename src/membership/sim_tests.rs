@@ -1188,7 +1188,7 @@ fn records_of_nodes_swim_does_not_know_are_swept() {
     let stranger = MetaRecord {
         node: nid(9),
         incarnation: 1,
-        meta: meta_for(9),
+        meta: meta_for(9).into(),
     };
     let mut out = Vec::new();
     m.handle_datagram(

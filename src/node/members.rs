@@ -4,10 +4,12 @@
 //! bid, who is down, what capacity others advertise) and by `shoal nodes`. Sans-IO.
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{Millis, NodeId};
+use crate::membership::NodeMeta;
 use crate::spec::{DriverKind, Resources};
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
@@ -35,16 +37,51 @@ impl PeerState {
 }
 
 /// What a node advertises about itself (gossiped with membership, versioned).
-#[derive(Clone, Debug, Default, PartialEq, Eq, Hash, Serialize, Deserialize)]
+///
+/// The figures placement reads on every pass are copied out; labels, agent version and
+/// addresses are read from `advertised`, the record membership holds (one copy per member per
+/// node, however many views read it: in a fleet of thousands the records are most of a node's
+/// membership memory).
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct PeerMeta {
     pub version: u64,
-    pub labels: BTreeMap<String, String>,
     pub capacity: Resources,
     pub allocated: Resources,
     pub runtimes: BTreeSet<DriverKind>,
     pub draining: bool,
-    pub agent_version: String,
-    pub addrs: Vec<String>,
+    pub advertised: Arc<NodeMeta>,
+}
+
+impl PeerMeta {
+    /// The peer's metadata as membership received it.
+    pub fn from_advertised(m: Arc<NodeMeta>) -> PeerMeta {
+        PeerMeta {
+            version: m.version,
+            capacity: Resources {
+                cpu_millis: m.cpu_millis,
+                memory_bytes: m.memory_bytes,
+            },
+            allocated: Resources {
+                cpu_millis: m.allocated_cpu_millis,
+                memory_bytes: m.allocated_memory_bytes,
+            },
+            runtimes: m.runtimes.iter().copied().collect(),
+            draining: m.draining,
+            advertised: m,
+        }
+    }
+
+    pub fn labels(&self) -> &BTreeMap<String, String> {
+        &self.advertised.labels
+    }
+
+    pub fn agent_version(&self) -> &str {
+        &self.advertised.agent_version
+    }
+
+    pub fn addrs(&self) -> &[String] {
+        &self.advertised.addrs
+    }
 }
 
 #[derive(Clone, Debug, PartialEq, Eq)]

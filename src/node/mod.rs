@@ -14,6 +14,7 @@ pub mod members;
 pub mod sync;
 
 use std::collections::{BTreeMap, BTreeSet};
+use std::sync::Arc;
 
 use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
@@ -21,7 +22,7 @@ use serde::{Deserialize, Serialize};
 use crate::ids::{InstanceKey, Millis, NodeId, RevisionId, SlotId};
 use crate::membership::{
     MemberEvent, MemberId, MemberOutput, MemberState, Membership, MembershipError, NodeMeta,
-    SwimTuning,
+    RecordShare, SwimTuning,
 };
 use crate::placement::{self, Auction, Bid, Ineligible, NodeFacts, OpenSlot, SpreadView};
 use crate::reconcile::{self, Desired, Effect, ReconcileTiming, Reconciler};
@@ -383,6 +384,14 @@ impl<R: Rng> Node<R> {
         self.membership.as_ref()
     }
 
+    /// Holds members' metadata records in `share`, one copy for every node given the same
+    /// share (the simulator runs thousands of nodes in one process; an agent never calls it).
+    pub fn share_member_records(&mut self, share: RecordShare) {
+        if let Some(m) = &mut self.membership {
+            m.share_records(share);
+        }
+    }
+
     /// Announces a graceful departure: peers mark this node `left` at once.
     pub fn leave(&mut self, now: Millis, out: &mut Vec<Output>) {
         if let Some(m) = &mut self.membership {
@@ -420,16 +429,12 @@ impl<R: Rng> Node<R> {
 
     /// The metadata this node advertises to its peers.
     pub fn meta(&self, now: Millis) -> PeerMeta {
-        PeerMeta {
-            version: 0,
-            labels: self.cfg.labels.clone(),
-            capacity: self.cfg.capacity,
-            allocated: self.allocated(now),
-            runtimes: self.cfg.runtimes.clone(),
-            draining: self.state.draining(&self.cfg.id),
-            agent_version: self.cfg.agent_version.clone(),
-            addrs: vec![],
-        }
+        let draining = self.state.draining(&self.cfg.id);
+        PeerMeta::from_advertised(Arc::new(node_meta(
+            &self.cfg,
+            self.allocated(now),
+            draining,
+        )))
     }
 
     /// When the node next needs a `Tick`, at the latest.
@@ -571,7 +576,7 @@ impl<R: Rng> Node<R> {
                             MemberState::Left => PeerState::Left,
                         },
                         incarnation: m.incarnation,
-                        meta: m.meta.as_ref().map(peer_meta),
+                        meta: m.meta.clone().map(PeerMeta::from_advertised),
                     };
                     match &ev {
                         MemberEvent::Up(_) => {
@@ -1369,7 +1374,7 @@ impl<R: Rng> Node<R> {
                     .peers()
                     .get(&c.node)
                     .and_then(|p| p.meta.as_ref())
-                    .and_then(|m| m.labels.get(label))
+                    .and_then(|m| m.labels().get(label))
             };
             if theirs == mine {
                 same += 1;
@@ -1381,7 +1386,7 @@ impl<R: Rng> Node<R> {
     /// A node's facts from what it advertises, before its claims are counted (see `plan`).
     fn advertised_facts(&self, node: &NodeId, meta: &PeerMeta) -> NodeFacts {
         NodeFacts {
-            labels: meta.labels.clone(),
+            labels: meta.labels().clone(),
             capacity: meta.capacity,
             allocated: Resources::default(),
             runtimes: meta.runtimes.clone(),
@@ -1418,7 +1423,10 @@ impl<R: Rng> Node<R> {
                 Some(m) => m,
                 None => {
                     assumed = PeerMeta {
-                        labels: BTreeMap::new(),
+                        advertised: Arc::new(NodeMeta {
+                            labels: BTreeMap::new(),
+                            ..NodeMeta::clone(&me.advertised)
+                        }),
                         ..me.clone()
                     };
                     &assumed
@@ -1710,7 +1718,7 @@ impl<R: Rng> Node<R> {
                 candidates.push((
                     id.clone(),
                     NodeFacts {
-                        labels: m.labels.clone(),
+                        labels: m.labels().clone(),
                         capacity: m.capacity,
                         allocated: m.allocated,
                         runtimes: m.runtimes.clone(),
@@ -1928,7 +1936,7 @@ impl<R: Rng> Node<R> {
         let mut rows = vec![api::NodeView {
             id: self.cfg.id.0.to_string(),
             addresses: self.cfg.addrs.clone(),
-            labels: me.labels.clone(),
+            labels: me.labels().clone(),
             state: "alive".into(),
             incarnation: self.cfg.incarnation,
             capacity: me.capacity.into(),
@@ -1940,14 +1948,14 @@ impl<R: Rng> Node<R> {
                 .collect(),
             draining: me.draining,
             last_heard: now.0,
-            agent_version: Some(me.agent_version.clone()),
+            agent_version: Some(me.agent_version().to_string()),
         }];
         for (id, p) in self.members.peers() {
             let m = p.meta.clone().unwrap_or_default();
             rows.push(api::NodeView {
                 id: id.0.to_string(),
-                addresses: m.addrs.clone(),
-                labels: m.labels.clone(),
+                addresses: m.addrs().to_vec(),
+                labels: m.labels().clone(),
                 state: p.state.as_str().into(),
                 incarnation: p.incarnation,
                 capacity: m.capacity.into(),
@@ -1959,7 +1967,7 @@ impl<R: Rng> Node<R> {
                     .collect(),
                 draining: m.draining || self.state.draining(id),
                 last_heard: p.last_heard.0,
-                agent_version: p.meta.as_ref().map(|m| m.agent_version.clone()),
+                agent_version: p.meta.as_ref().map(|m| m.agent_version().to_string()),
             });
         }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
@@ -1990,26 +1998,6 @@ fn same_meta(a: &NodeMeta, b: &NodeMeta) -> bool {
     } == NodeMeta {
         version: 0,
         ..b.clone()
-    }
-}
-
-/// What the core keeps of a peer's advertised metadata.
-fn peer_meta(m: &NodeMeta) -> PeerMeta {
-    PeerMeta {
-        version: m.version,
-        labels: m.labels.clone(),
-        capacity: Resources {
-            cpu_millis: m.cpu_millis,
-            memory_bytes: m.memory_bytes,
-        },
-        allocated: Resources {
-            cpu_millis: m.allocated_cpu_millis,
-            memory_bytes: m.allocated_memory_bytes,
-        },
-        runtimes: m.runtimes.iter().copied().collect(),
-        draining: m.draining,
-        agent_version: m.agent_version.clone(),
-        addrs: m.addrs.clone(),
     }
 }
 

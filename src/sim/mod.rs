@@ -27,7 +27,7 @@ use rand::rngs::StdRng;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
 use crate::ids::{InstanceKey, Millis, NodeId};
-use crate::membership::{Profile, SwimTuning};
+use crate::membership::{Profile, RecordShare, SwimTuning};
 use crate::node::{
     ApiReply, ApiRequest, CoreTiming, Input, Message, Node, NodeConfig, Output, SyncMsg, TestBugs,
     Topic,
@@ -243,6 +243,8 @@ pub struct Sim {
     pub bids: u64,
     /// The gossipsub mesh, under `Gossip::Mesh`; its message cache holds what it forwards.
     mesh: Option<gossip::Mesh<Carried>>,
+    /// Members' metadata records, held once for every simulated node (see `RecordShare`).
+    records: RecordShare,
 }
 
 fn mix(seed: u64, a: u64, b: u64) -> u64 {
@@ -295,6 +297,7 @@ impl Sim {
             bid_batches: 0,
             bids: 0,
             mesh,
+            records: RecordShare::default(),
         };
         if sim.mesh.is_some() {
             sim.push(Millis(gossip::HEARTBEAT_MS), Event::MeshHeartbeat);
@@ -319,8 +322,9 @@ impl Sim {
         let incarnation = self.nodes[i].cfg.incarnation + 1;
         let cfg = node_config(&self.cfg, i, incarnation);
         let rng = StdRng::seed_from_u64(mix(self.cfg.seed, i as u64, incarnation));
-        let node = Node::new(cfg.clone(), self.nodes[i].disk.clone(), rng)
+        let mut node = Node::new(cfg.clone(), self.nodes[i].disk.clone(), rng)
             .expect("simulated node config is valid");
+        node.share_member_records(self.records.clone());
         let n = &mut self.nodes[i];
         n.cfg = cfg;
         n.node = Some(node);

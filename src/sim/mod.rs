@@ -126,11 +126,14 @@ enum Payload {
         /// Encoded size (envelope not included), measured once at the author.
         size: u64,
     },
+    /// Boxed, as is the response: a sync message is several times the size of the other
+    /// payloads, and every event in the queue would otherwise be as large (at 1,000 nodes the
+    /// queue holds millions of mesh deliveries while the fleet joins).
     SyncRequest {
         id: u64,
-        msg: SyncMsg,
+        msg: Box<SyncMsg>,
     },
-    SyncResponse(SyncMsg),
+    SyncResponse(Box<SyncMsg>),
 }
 
 /// Work the simulated runtime finishes later.
@@ -537,10 +540,13 @@ impl Sim {
                         Input::SyncRequest {
                             from: from_id,
                             id,
-                            msg,
+                            msg: *msg,
                         }
                     }
-                    Payload::SyncResponse(msg) => Input::SyncResponse { from: from_id, msg },
+                    Payload::SyncResponse(msg) => Input::SyncResponse {
+                        from: from_id,
+                        msg: *msg,
+                    },
                 };
                 self.trace = xxh3_64_with_seed(&hash.to_le_bytes(), self.trace ^ to as u64);
                 self.input(to, input);
@@ -704,7 +710,16 @@ impl Sim {
                         let delays = self.net.route(i, to, Kind::Sync, size);
                         if let Some(d) = delays.first() {
                             self.syncs.insert(id, (i, to));
-                            self.deliver_after(*d, i, to, Payload::SyncRequest { id, msg }, hash);
+                            self.deliver_after(
+                                *d,
+                                i,
+                                to,
+                                Payload::SyncRequest {
+                                    id,
+                                    msg: Box::new(msg),
+                                },
+                                hash,
+                            );
                         }
                     }
                 }
@@ -713,7 +728,13 @@ impl Sim {
                         let (size, hash) = measure(&msg);
                         let delays = self.net.route(i, requester, Kind::Sync, size);
                         if let Some(d) = delays.first() {
-                            self.deliver_after(*d, i, requester, Payload::SyncResponse(msg), hash);
+                            self.deliver_after(
+                                *d,
+                                i,
+                                requester,
+                                Payload::SyncResponse(Box::new(msg)),
+                                hash,
+                            );
                         }
                     }
                 }
@@ -1049,4 +1070,17 @@ fn thread_cpu() -> std::time::Duration {
         return std::time::Duration::ZERO;
     }
     std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The queue holds millions of events while a large fleet joins (every mesh copy of every
+    /// broadcast): an event must stay a few words, with large payloads behind a pointer.
+    #[test]
+    fn a_queued_event_stays_small() {
+        let size = std::mem::size_of::<Event>();
+        assert!(size <= 64, "an Event is {size} bytes");
+    }
 }

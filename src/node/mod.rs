@@ -1413,25 +1413,19 @@ impl<R: Rng> Node<R> {
             node: self.cfg.id.clone(),
             facts: self.advertised_facts(&self.cfg.id, &me),
         }];
+        // A member whose metadata has not arrived yet is assumed to look like this node:
+        // leaving it out would make this node expect to win its slots, and nodes that have the
+        // metadata would plan differently. The plan only ranks; real eligibility is each
+        // node's own.
+        let assumed = PeerMeta {
+            advertised: Arc::new(NodeMeta {
+                labels: BTreeMap::new(),
+                ..NodeMeta::clone(&me.advertised)
+            }),
+            ..me.clone()
+        };
         for (id, p) in self.members.present() {
-            // A member whose metadata has not arrived yet is assumed to look like this node:
-            // leaving it out would make this node expect to win its slots, and nodes that have
-            // the metadata would plan differently. The plan only ranks; real eligibility is
-            // each node's own.
-            let assumed;
-            let m = match &p.meta {
-                Some(m) => m,
-                None => {
-                    assumed = PeerMeta {
-                        advertised: Arc::new(NodeMeta {
-                            labels: BTreeMap::new(),
-                            ..NodeMeta::clone(&me.advertised)
-                        }),
-                        ..me.clone()
-                    };
-                    &assumed
-                }
-            };
+            let m = p.meta.as_ref().unwrap_or(&assumed);
             candidates.push(placement::Candidate {
                 node: id.clone(),
                 facts: self.advertised_facts(id, m),

@@ -3,7 +3,7 @@
 //! Fed by membership events (SWIM through foca, in `membership/`); read by placement (who can
 //! bid, who is down, what capacity others advertise) and by `shoal nodes`. Sans-IO.
 
-use std::collections::{BTreeMap, BTreeSet};
+use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use serde::{Deserialize, Serialize};
@@ -36,51 +36,61 @@ impl PeerState {
     }
 }
 
-/// What a node advertises about itself (gossiped with membership, versioned).
-///
-/// The figures placement reads on every pass are copied out; labels, agent version and
-/// addresses are read from `advertised`, the record membership holds (one copy per member per
-/// node, however many views read it: in a fleet of thousands the records are most of a node's
-/// membership memory).
+/// What a node advertises about itself (gossiped with membership, versioned): the record
+/// membership holds, shared (one copy per member per node, however many views read it: in a
+/// fleet of thousands the records are most of a node's membership memory). Every figure is
+/// read from the record, so a `PeerMeta` cannot disagree with what the peer advertised.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
-pub struct PeerMeta {
-    pub version: u64,
-    pub capacity: Resources,
-    pub allocated: Resources,
-    pub runtimes: BTreeSet<DriverKind>,
-    pub draining: bool,
-    pub advertised: Arc<NodeMeta>,
-}
+pub struct PeerMeta(Arc<NodeMeta>);
 
 impl PeerMeta {
     /// The peer's metadata as membership received it.
     pub fn from_advertised(m: Arc<NodeMeta>) -> PeerMeta {
-        PeerMeta {
-            version: m.version,
-            capacity: Resources {
-                cpu_millis: m.cpu_millis,
-                memory_bytes: m.memory_bytes,
-            },
-            allocated: Resources {
-                cpu_millis: m.allocated_cpu_millis,
-                memory_bytes: m.allocated_memory_bytes,
-            },
-            runtimes: m.runtimes.iter().copied().collect(),
-            draining: m.draining,
-            advertised: m,
+        PeerMeta(m)
+    }
+
+    /// The record itself.
+    pub fn advertised(&self) -> &Arc<NodeMeta> {
+        &self.0
+    }
+
+    pub fn version(&self) -> u64 {
+        self.0.version
+    }
+
+    pub fn capacity(&self) -> Resources {
+        Resources {
+            cpu_millis: self.0.cpu_millis,
+            memory_bytes: self.0.memory_bytes,
         }
     }
 
+    /// What the peer says is allocated to its instances.
+    pub fn allocated(&self) -> Resources {
+        Resources {
+            cpu_millis: self.0.allocated_cpu_millis,
+            memory_bytes: self.0.allocated_memory_bytes,
+        }
+    }
+
+    pub fn runtimes(&self) -> &[DriverKind] {
+        &self.0.runtimes
+    }
+
+    pub fn draining(&self) -> bool {
+        self.0.draining
+    }
+
     pub fn labels(&self) -> &BTreeMap<String, String> {
-        &self.advertised.labels
+        &self.0.labels
     }
 
     pub fn agent_version(&self) -> &str {
-        &self.advertised.agent_version
+        &self.0.agent_version
     }
 
     pub fn addrs(&self) -> &[String] {
-        &self.advertised.addrs
+        &self.0.addrs
     }
 }
 

@@ -1387,10 +1387,10 @@ impl<R: Rng> Node<R> {
     fn advertised_facts(&self, node: &NodeId, meta: &PeerMeta) -> NodeFacts {
         NodeFacts {
             labels: meta.labels().clone(),
-            capacity: meta.capacity,
+            capacity: meta.capacity(),
             allocated: Resources::default(),
-            runtimes: meta.runtimes.clone(),
-            draining: meta.draining || self.state.draining(node),
+            runtimes: meta.runtimes().iter().copied().collect(),
+            draining: meta.draining() || self.state.draining(node),
             host_ports: BTreeSet::new(),
             per_service: BTreeMap::new(),
         }
@@ -1417,13 +1417,10 @@ impl<R: Rng> Node<R> {
         // leaving it out would make this node expect to win its slots, and nodes that have the
         // metadata would plan differently. The plan only ranks; real eligibility is each
         // node's own.
-        let assumed = PeerMeta {
-            advertised: Arc::new(NodeMeta {
-                labels: BTreeMap::new(),
-                ..NodeMeta::clone(&me.advertised)
-            }),
-            ..me.clone()
-        };
+        let assumed = PeerMeta::from_advertised(Arc::new(NodeMeta {
+            labels: BTreeMap::new(),
+            ..NodeMeta::clone(me.advertised())
+        }));
         for (id, p) in self.members.present() {
             let m = p.meta.as_ref().unwrap_or(&assumed);
             candidates.push(placement::Candidate {
@@ -1713,10 +1710,10 @@ impl<R: Rng> Node<R> {
                     id.clone(),
                     NodeFacts {
                         labels: m.labels().clone(),
-                        capacity: m.capacity,
-                        allocated: m.allocated,
-                        runtimes: m.runtimes.clone(),
-                        draining: m.draining || self.state.draining(id),
+                        capacity: m.capacity(),
+                        allocated: m.allocated(),
+                        runtimes: m.runtimes().iter().copied().collect(),
+                        draining: m.draining() || self.state.draining(id),
                         host_ports: BTreeSet::new(),
                         per_service: BTreeMap::new(),
                     },
@@ -1933,14 +1930,14 @@ impl<R: Rng> Node<R> {
             labels: me.labels().clone(),
             state: "alive".into(),
             incarnation: self.cfg.incarnation,
-            capacity: me.capacity.into(),
-            allocated: me.allocated.into(),
+            capacity: me.capacity().into(),
+            allocated: me.allocated().into(),
             runtimes: me
-                .runtimes
+                .runtimes()
                 .iter()
                 .map(|d| placement::driver_name(*d).to_string())
                 .collect(),
-            draining: me.draining,
+            draining: me.draining(),
             last_heard: now.0,
             agent_version: Some(me.agent_version().to_string()),
         }];
@@ -1952,14 +1949,14 @@ impl<R: Rng> Node<R> {
                 labels: m.labels().clone(),
                 state: p.state.as_str().into(),
                 incarnation: p.incarnation,
-                capacity: m.capacity.into(),
-                allocated: m.allocated.into(),
+                capacity: m.capacity().into(),
+                allocated: m.allocated().into(),
                 runtimes: m
-                    .runtimes
+                    .runtimes()
                     .iter()
                     .map(|d| placement::driver_name(*d).to_string())
                     .collect(),
-                draining: m.draining || self.state.draining(id),
+                draining: m.draining() || self.state.draining(id),
                 last_heard: p.last_heard.0,
                 agent_version: p.meta.as_ref().map(|m| m.agent_version().to_string()),
             });

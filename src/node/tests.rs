@@ -638,11 +638,12 @@ fn deliver(out: &[Output], from: &str, to: &mut Node<StdRng>, now: u64) -> Vec<O
 
 fn alive(n: &mut Node<StdRng>, peer: &str, now: u64) {
     let c = cfg(peer);
-    let meta = PeerMeta {
-        capacity: c.capacity,
-        runtimes: c.runtimes,
+    let meta = PeerMeta::from_advertised(Arc::new(NodeMeta {
+        cpu_millis: c.capacity.cpu_millis,
+        memory_bytes: c.capacity.memory_bytes,
+        runtimes: c.runtimes.into_iter().collect(),
         ..Default::default()
-    };
+    }));
     input(
         n,
         now,

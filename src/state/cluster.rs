@@ -22,6 +22,7 @@
 //! This file does not decide anything (placement and reconcile read it) and performs no IO.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 
 use crdts::LWWReg;
 use serde::{Deserialize, Serialize};
@@ -205,7 +206,9 @@ pub type ReportMarker = (u64, u64);
 pub struct ClusterState {
     pub services: BTreeMap<ServiceName, ServiceEntry>,
     pub claims: BTreeMap<SlotId, Claim>,
-    pub reports: BTreeMap<NodeId, LWWReg<NodeReport, ReportMarker>>,
+    /// The report is shared (`Arc`): a copy of the state handed to the store, or a delta
+    /// merged by many simulated nodes, holds the same report instead of a deep copy.
+    pub reports: BTreeMap<NodeId, LWWReg<Arc<NodeReport>, ReportMarker>>,
     pub graveyard: BTreeMap<ServiceName, Hlc>,
     /// Per node, whether an operator asked it to drain (`shoal drain`), last writer wins.
     pub drains: BTreeMap<NodeId, (Hlc, bool)>,
@@ -268,7 +271,7 @@ impl ClusterState {
     }
 
     pub fn report(&self, node: &NodeId) -> Option<&NodeReport> {
-        self.reports.get(node).map(|r| &r.val)
+        self.reports.get(node).map(|r| &*r.val)
     }
 
     /// Writes a revision; returns the delta.
@@ -300,7 +303,7 @@ impl ClusterState {
         delta.reports.insert(
             node.clone(),
             LWWReg {
-                val: report,
+                val: Arc::new(report),
                 marker,
             },
         );

@@ -5,6 +5,7 @@
 //! orders identities.
 
 use std::fmt;
+use std::sync::Arc;
 
 use serde::{Deserialize, Deserializer, Serialize};
 
@@ -36,8 +37,9 @@ pub struct MemberId {
     /// ranks first, the caller only has to persist `incarnation`.
     pub renewal: u32,
     /// Multiaddrs (text) where this node listens: at most [`MAX_ADDRS`], each at most
-    /// [`MAX_ADDR_BYTES`] bytes.
-    pub addrs: Vec<String>,
+    /// [`MAX_ADDR_BYTES`] bytes. Shared: the identity is copied into foca's member list, the
+    /// member view and every identity rebuilt from it (a suspicion, a verdict), one list for all.
+    pub addrs: Arc<[String]>,
     /// `NodeKey::of(&node)`, computed once: foca asks for it for every member it compares
     /// with every update it applies. Not on the wire; set by every constructor (the field is
     /// private so that no identity is built without it), and a function of `node`, so the
@@ -66,13 +68,18 @@ impl MemberId {
     }
 
     /// Any life of `node`, unchecked (callers validate or build from checked parts).
-    pub(crate) fn life(node: NodeId, incarnation: u64, renewal: u32, addrs: Vec<String>) -> Self {
+    pub(crate) fn life(
+        node: NodeId,
+        incarnation: u64,
+        renewal: u32,
+        addrs: impl Into<Arc<[String]>>,
+    ) -> Self {
         let key = NodeKey::of(&node);
         MemberId {
             node,
             incarnation,
             renewal,
-            addrs,
+            addrs: addrs.into(),
             key,
         }
     }
@@ -261,12 +268,12 @@ mod tests {
     #[test]
     fn decoding_refuses_too_many_or_too_long_addresses() {
         let mut many = id(1, 0, "a");
-        many.addrs = vec!["x".into(); MAX_ADDRS + 1];
+        many.addrs = vec!["x".to_string(); MAX_ADDRS + 1].into();
         let bytes = postcard::to_allocvec(&many).unwrap();
         assert!(postcard::from_bytes::<MemberId>(&bytes).is_err());
 
         let mut long = id(1, 0, "a");
-        long.addrs = vec!["x".repeat(MAX_ADDR_BYTES + 1)];
+        long.addrs = vec!["x".repeat(MAX_ADDR_BYTES + 1)].into();
         let bytes = postcard::to_allocvec(&long).unwrap();
         assert!(postcard::from_bytes::<MemberId>(&bytes).is_err());
 

@@ -7,7 +7,7 @@
 use std::collections::BTreeMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 
-use foca::{BroadcastHandler, Invalidates};
+use foca::{BroadcastHandler, Invalidates, PostcardCodec};
 use serde::{Deserialize, Serialize};
 
 use super::identity::MemberId;
@@ -240,11 +240,21 @@ pub(crate) struct Store {
 /// without it a fleet's records would be held once per simulated node. Sharing changes no
 /// decision: a record is shared only when equal to the one received, and records are never
 /// mutated in place.
+///
+/// It shares members' identities the same way: every SWIM identity decoded from a datagram
+/// (`SwimCodec`) takes the one node id and address list the share holds for that node when
+/// they are equal, so foca's member lists hold one copy of each across the process.
 #[derive(Clone, Default)]
-pub struct RecordShare(Arc<Mutex<SharedRecords>>);
+pub struct RecordShare(Arc<Mutex<Shared>>);
 
-/// Per node, the stamp of the record offered for sharing and the record while anyone holds it.
-type SharedRecords = BTreeMap<NodeId, (Stamp, Weak<NodeMeta>)>;
+#[derive(Default)]
+struct Shared {
+    /// Per node, the stamp of the record offered for sharing and the record while anyone
+    /// holds it.
+    records: BTreeMap<NodeId, (Stamp, Weak<NodeMeta>)>,
+    /// Per node, its id and the address list of the newest identity decoded.
+    identities: BTreeMap<NodeId, Arc<[String]>>,
+}
 
 impl RecordShare {
     /// At most this many nodes' records are offered for sharing; past it records are held
@@ -254,7 +264,8 @@ impl RecordShare {
     /// The shared copy of `record`'s metadata if one is held and equal; otherwise `record`'s
     /// own, now offered to the others.
     fn share(&self, record: &MetaRecord) -> Arc<NodeMeta> {
-        let mut known = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let known = &mut shared.records;
         let stamp = record.stamp();
         match known.get(&record.node) {
             Some((s, held)) if *s == stamp => {
@@ -272,6 +283,30 @@ impl RecordShare {
         }
         known.insert(record.node.clone(), (stamp, Arc::downgrade(&record.meta)));
         record.meta.clone()
+    }
+
+    /// `id` holding the shared copy of its node id, and of its address list when equal to the
+    /// one held; otherwise its own list, now offered to the others. Equal values only: the
+    /// identity compares, orders and encodes as before.
+    pub(crate) fn share_identity(&self, mut id: MemberId) -> MemberId {
+        let mut shared = self.0.lock().unwrap_or_else(|p| p.into_inner());
+        let known = &mut shared.identities;
+        match known.get_key_value(&id.node) {
+            Some((node, addrs)) => {
+                id.node = node.clone();
+                if *addrs == id.addrs {
+                    id.addrs = addrs.clone();
+                } else {
+                    let node = node.clone();
+                    known.insert(node, id.addrs.clone());
+                }
+            }
+            None if known.len() >= Self::MAX_NODES => {}
+            None => {
+                known.insert(id.node.clone(), id.addrs.clone());
+            }
+        }
+        id
     }
 }
 
@@ -309,6 +344,59 @@ impl Store {
 
 #[derive(Clone, Default)]
 pub(crate) struct SharedStore(Arc<Mutex<Store>>);
+
+/// Foca's postcard codec (the wire is unchanged), with every decoded sender and update
+/// identity given the shared copies of its node id and addresses when the store holds a
+/// [`RecordShare`] (the simulator; an agent has none and decodes as foca does).
+pub(crate) struct SwimCodec(pub SharedStore);
+
+impl SwimCodec {
+    fn shared(&self, id: MemberId) -> MemberId {
+        let share = self.0.lock().share.clone();
+        match share {
+            Some(share) => share.share_identity(id),
+            None => id,
+        }
+    }
+}
+
+impl foca::Codec<MemberId> for SwimCodec {
+    type Error = <PostcardCodec as foca::Codec<MemberId>>::Error;
+
+    fn encode_header(
+        &mut self,
+        header: &foca::Header<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), Self::Error> {
+        PostcardCodec.encode_header(header, buf)
+    }
+
+    fn decode_header(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Header<MemberId>, Self::Error> {
+        let mut header = PostcardCodec.decode_header(buf)?;
+        header.src = self.shared(header.src);
+        Ok(header)
+    }
+
+    fn encode_member(
+        &mut self,
+        member: &foca::Member<MemberId>,
+        buf: impl bytes::BufMut,
+    ) -> Result<(), Self::Error> {
+        PostcardCodec.encode_member(member, buf)
+    }
+
+    fn decode_member(
+        &mut self,
+        buf: impl bytes::Buf,
+    ) -> Result<foca::Member<MemberId>, Self::Error> {
+        let m: foca::Member<MemberId> = PostcardCodec.decode_member(buf)?;
+        let id = self.shared(m.id().clone());
+        Ok(foca::Member::new(id, m.incarnation(), m.state()))
+    }
+}
 
 impl SharedStore {
     pub fn lock(&self) -> MutexGuard<'_, Store> {
@@ -500,6 +588,46 @@ mod tests {
                 version: 1
             })
         );
+    }
+
+    #[test]
+    fn codecs_given_one_share_decode_one_copy_of_a_members_id_and_equal_addresses() {
+        use foca::Codec;
+        let share = RecordShare::default();
+        let codecs: Vec<SwimCodec> = (0..2)
+            .map(|_| {
+                let store = SharedStore::default();
+                store.lock().share = Some(share.clone());
+                SwimCodec(store)
+            })
+            .collect();
+        let id = |inc, addr: &str| {
+            MemberId::new(NodeId("a".into()), inc, vec![addr.to_string()]).unwrap()
+        };
+        let wire = |id: MemberId| {
+            let mut buf = Vec::new();
+            PostcardCodec
+                .encode_member(&foca::Member::alive(id), &mut buf)
+                .unwrap();
+            buf
+        };
+        let decode = |c: &mut SwimCodec, bytes: &[u8]| c.decode_member(bytes).unwrap().id().clone();
+        let mut codecs = codecs;
+        let first = decode(&mut codecs[0], &wire(id(1, "/ip4/10.0.0.1/tcp/1")));
+        let second = decode(&mut codecs[1], &wire(id(1, "/ip4/10.0.0.1/tcp/1")));
+        assert_eq!(first, id(1, "/ip4/10.0.0.1/tcp/1"));
+        assert!(Arc::ptr_eq(&first.node.0, &second.node.0));
+        assert!(Arc::ptr_eq(&first.addrs, &second.addrs));
+        // Another life with other addresses keeps its own list (and the node id is shared).
+        let moved = decode(&mut codecs[1], &wire(id(2, "/ip4/10.0.0.2/tcp/1")));
+        assert_eq!(moved, id(2, "/ip4/10.0.0.2/tcp/1"));
+        assert!(Arc::ptr_eq(&first.node.0, &moved.node.0));
+        assert!(!Arc::ptr_eq(&first.addrs, &moved.addrs));
+        // A codec without a share decodes as foca's own.
+        let mut alone = SwimCodec(SharedStore::default());
+        let own = decode(&mut alone, &wire(id(1, "/ip4/10.0.0.1/tcp/1")));
+        assert_eq!(own, first);
+        assert!(!Arc::ptr_eq(&own.node.0, &first.node.0));
     }
 
     #[test]

@@ -67,12 +67,12 @@ pub use meta::{
 pub use tuning::{Profile, SwimTuning, TuningError};
 pub use wire::classify as classify_datagram;
 
-use meta::{Handler, Item, MetaRecord, SharedStore, Stamp};
+use meta::{Handler, Item, MetaRecord, SharedStore, Stamp, SwimCodec};
 use suspicion::{NOTICES_PER_SUSPICION, Notice};
 use view::Tracked;
 use wire::Kind;
 
-type Foca = foca::Foca<MemberId, PostcardCodec, Xoshiro256PlusPlus, Handler>;
+type Foca = foca::Foca<MemberId, SwimCodec, Xoshiro256PlusPlus, Handler>;
 
 /// How this node sees a member.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash)]
@@ -105,8 +105,8 @@ pub struct Member {
     /// Its newest metadata we have, if any has arrived yet. May belong to the previous life
     /// for a moment after a restart.
     pub meta: Option<Arc<NodeMeta>>,
-    /// Where it listens (from its identity).
-    pub addrs: Vec<String>,
+    /// Where it listens (from its identity, whose list it shares).
+    pub addrs: Arc<[String]>,
     /// When a datagram from it last arrived here (`Millis(0)`: never directly).
     pub last_heard: Millis,
     /// When `state` last changed here.
@@ -268,7 +268,7 @@ impl Membership {
             me.clone(),
             tuning.foca_config(),
             Xoshiro256PlusPlus::seed_from_u64(rng_seed),
-            PostcardCodec,
+            SwimCodec(store.clone()),
             Handler(store.clone()),
         );
         let published = MetaRecord {
@@ -775,6 +775,10 @@ impl Membership {
                 _ => {}
             }
         }
+        // A join's feed can bring hundreds of updates at once: do not keep room for such a burst
+        // in every node's buffers for the rest of the run.
+        self.rt.timers.shrink_to(Collect::KEEP);
+        self.rt.notes.shrink_to(Collect::KEEP);
         match scan {
             Scan::Skip => {}
             Scan::Only(keys) => self.sync_members(now, Some(&keys), out),
@@ -784,6 +788,7 @@ impl Membership {
         // After the scan, so that a member suspected during this call is flagged already.
         let stamp = self.published.stamp();
         let sends: Vec<_> = self.rt.sends.drain(..).collect();
+        self.rt.sends.shrink_to(Collect::KEEP);
         for (to, data) in sends {
             let known = self
                 .tracked
@@ -870,6 +875,11 @@ struct Collect {
     sends: Vec<(MemberId, Vec<u8>)>,
     timers: Vec<(Timer<MemberId>, Duration)>,
     notes: Vec<OwnedNotification<MemberId>>,
+}
+
+impl Collect {
+    /// Room kept in each buffer between two calls into foca.
+    const KEEP: usize = 64;
 }
 
 impl foca::Runtime<MemberId> for Collect {

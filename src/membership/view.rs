@@ -141,7 +141,7 @@ impl Membership {
             if new_life || addrs_changed {
                 m.incarnation = id.incarnation;
                 t.renewal = id.renewal;
-                m.addrs.clone_from(&id.addrs);
+                m.addrs = id.addrs.clone();
             }
             let old = m.state;
             let new = match (old, foca_state) {
@@ -200,7 +200,7 @@ impl Membership {
                 let addrs = self.tracked[&node].member.addrs.clone();
                 out.push(MemberOutput::Addresses {
                     node: node.clone(),
-                    addrs,
+                    addrs: addrs.to_vec(),
                 });
             }
             for event in transition(&node, from, to) {

@@ -108,7 +108,7 @@ pub(crate) fn compact(
             let kind = Kind::Swim {
                 extras,
                 src: Life::of(me),
-                src_addrs: me.addrs.clone(),
+                src_addrs: me.addrs.to_vec(),
                 src_incarnation,
                 dst: Life::of(to),
             };

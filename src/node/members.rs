@@ -226,6 +226,18 @@ mod tests {
         }
     }
 
+    /// Every node holds one `Peer` per member: in the simulator that is one per (node,
+    /// member) pair, 10⁶ of them at 1,000 nodes. The metadata is the shared record itself.
+    #[test]
+    fn a_peer_entry_stays_small() {
+        assert_eq!(
+            std::mem::size_of::<PeerMeta>(),
+            std::mem::size_of::<usize>()
+        );
+        let size = std::mem::size_of::<Peer>();
+        assert!(size <= 40, "a Peer is {size} bytes");
+    }
+
     #[test]
     fn counts_follow_every_transition_and_ignore_stale_lives() {
         use PeerState::*;

@@ -54,10 +54,6 @@ impl PeerMeta {
         &self.0
     }
 
-    pub fn version(&self) -> u64 {
-        self.0.version
-    }
-
     pub fn capacity(&self) -> Resources {
         Resources {
             cpu_millis: self.0.cpu_millis,

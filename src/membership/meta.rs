@@ -296,16 +296,14 @@ impl RecordShare {
                 id.node = node.clone();
                 if *addrs == id.addrs {
                     id.addrs = addrs.clone();
-                } else {
-                    let node = node.clone();
-                    known.insert(node, id.addrs.clone());
+                    return id;
                 }
             }
-            None if known.len() >= Self::MAX_NODES => {}
-            None => {
-                known.insert(id.node.clone(), id.addrs.clone());
-            }
+            None if known.len() >= Self::MAX_NODES => return id,
+            None => {}
         }
+        // A map keeps its key on insert: the shared node id stays the one held.
+        known.insert(id.node.clone(), id.addrs.clone());
         id
     }
 }

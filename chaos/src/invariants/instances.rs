@@ -1,6 +1,7 @@
 //! Invariants 1 and 2, checked after convergence on nodes whose agent runs: exactly N
 //! instances per service with each slot once (from the process table and from every live
 //! node's `ps`), and no orphan (every instance process is the live claim of its slot).
+//! Pure functions of a snapshot; when they run is `runner/checks.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,5 +1,6 @@
 //! Invariants 3 and 6, the safety invariants the sampler checks on every snapshot: no node
 //! above its capacity, and a `partition: majority` slot never on two nodes at once.
+//! Pure functions of a snapshot; the sampler that calls them is `runner/sampler.rs`.
 
 use std::collections::BTreeMap;
 

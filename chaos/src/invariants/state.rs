@@ -1,5 +1,6 @@
 //! Invariants 4, 5 and 7, about the replicated state: every live node reports one digest, no
-//! acknowledged write is lost, and the fleet converges within its timeout.
+//! acknowledged write is lost, and the fleet converges within its timeout. Pure functions of
+//! what the runner observed; the waiting and timing are `runner/checks.rs`.
 
 use std::collections::{BTreeMap, BTreeSet};
 

@@ -1,6 +1,7 @@
 //! Reading and validating a scenario: the YAML parsed into `raw.rs`'s shape, then every step
 //! checked (node numbers in range, fields the fault kind takes, `start` first) and turned into
 //! the typed steps of `mod.rs`. Every error names the file and the line of the step at fault.
+//! It runs nothing (`runner/`).
 
 use std::path::Path;
 use std::time::Duration;

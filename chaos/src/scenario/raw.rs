@@ -1,5 +1,6 @@
 //! The YAML shape of a scenario file as serde reads it, before validation: every field as
-//! written, node numbers unchecked. `parse.rs` turns it into the typed `Scenario`.
+//! written, node numbers unchecked. It checks nothing: `parse.rs` validates it and turns it
+//! into the typed `Scenario`.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

@@ -12,6 +12,7 @@ pub mod membership;
 pub mod net;
 pub mod node;
 pub mod placement;
+pub mod plot;
 pub mod reconcile;
 pub mod runtime;
 pub mod sim;

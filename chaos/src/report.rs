@@ -1,6 +1,7 @@
 //! The report of a run: `report.json` (every result in full), `report.md` (a table per
 //! scenario: pass/fail per invariant, detection/replacement/convergence p50 and p99), and one
 //! SVG timeline per scenario, all under the output folder (default `target/chaos/`).
+//! It decides no verdict (`runner/`) and lays out no plot (`svg.rs`).
 
 use std::collections::BTreeMap;
 use std::fmt::Write;

@@ -7,6 +7,8 @@
 pub mod agent;
 pub mod api;
 pub mod cli;
+#[cfg(feature = "testing")]
+pub mod harness;
 pub mod ids;
 pub mod membership;
 pub mod net;

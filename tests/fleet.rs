@@ -1,7 +1,7 @@
 //! Multi-agent tests: real `shoal agent` processes on 127.0.0.1, joined through one seed, with
 //! the process driver. Membership (issue: fleet membership), replicated state, and placement and
 //! failover. Timeouts are correctness bounds, not performance assertions; the figures are measured
-//! by `scripts/measure.sh`.
+//! by `shoal-chaos measure`.
 //!
 //! The tests of this file run one at a time (a shared lock): several five-agent fleets at once
 //! on a two-core machine would measure the machine, not Shoal.

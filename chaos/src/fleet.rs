@@ -2,7 +2,9 @@
 //! and log file; the `shoal` CLI run inside a node's namespace to query it; the agent's
 //! test-only fault hook reached over HTTP from inside the namespace.
 //!
-//! Processes enter a namespace with `setns` between fork and exec (what `ip netns exec` does for
+//! Agents are started and queried through the one fleet harness (`shoal::harness`): this file
+//! says which namespace, addresses, seeds and flags each node gets, and the harness's launch
+//! hook enters the namespace with `setns` between fork and exec (what `ip netns exec` does for
 //! the network, without its extra process). Agents get their own session so a Ctrl-C on the
 //! terminal reaches only the harness, which then tears everything down. Dropping the `Fleet`
 //! kills every agent and every process in its namespaces and deletes the namespaces.
@@ -10,15 +12,14 @@
 use std::collections::BTreeMap;
 use std::fs::File;
 use std::io::{Read, Write};
-use std::os::fd::{AsRawFd, RawFd};
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Stdio};
+use std::process::Child;
 use std::sync::Arc;
 use std::time::Duration;
 
 use anyhow::{Context, bail};
 use serde::Serialize;
+use shoal::harness::{AgentLaunch, HarnessError, Hook, cli::AgentCli};
 
 use crate::model::{AgentState, Res};
 use crate::net::TestNet;
@@ -121,19 +122,15 @@ impl Fleet {
         std::fs::create_dir_all(logs)
             .with_context(|| format!("cannot create {}", logs.display()))?;
         let key = work.join("cluster.key");
-        let out = Command::new(shoal)
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .output()
-            .with_context(|| format!("cannot run {}", shoal.display()))?;
-        if !out.status.success() {
-            // An agent without `keygen` still reads the libp2p swarm.key format.
-            write_swarm_key(&key).with_context(|| {
-                format!(
-                    "shoal keygen failed ({}) and the harness could not write the key itself",
-                    String::from_utf8_lossy(&out.stderr).trim()
-                )
-            })?;
+        match shoal::harness::keygen(shoal, &key) {
+            Ok(()) => {}
+            Err(e @ HarnessError::Spawn { .. }) => return Err(e.into()),
+            Err(e) => {
+                // An agent without `keygen` still reads the libp2p swarm.key format.
+                write_swarm_key(&key).with_context(|| {
+                    format!("{e}, and the harness could not write the key itself")
+                })?;
+            }
         }
         let capacity = Res {
             cpu_millis: crate::model::parse_cpu(&serde_json::Value::String(start.cpu.clone()))
@@ -227,56 +224,39 @@ impl Fleet {
         let start = self.start.clone();
         let shoal = self.shoal.clone();
         let key = self.key.clone();
-        let fd = self.ns_files[i - 1].as_raw_fd();
+        let ns = self.ns_files[i - 1].clone();
         let n = self.node(i);
-        std::fs::create_dir_all(&n.data_dir)
-            .with_context(|| format!("cannot create {}", n.data_dir.display()))?;
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&n.log)
-            .with_context(|| format!("cannot open {}", n.log.display()))?;
-        let mut cmd = Command::new(&shoal);
-        cmd.arg("agent")
-            .arg("--data-dir")
-            .arg(&n.data_dir)
-            .args(["--api", API, "--listen", &listen, "--runtime", "process"])
-            .arg("--cluster-key")
-            .arg(&key)
-            .args([
-                "--cpu",
-                &start.cpu,
-                "--memory",
-                &start.memory,
-                "--test-faults",
-            ]);
-        for s in &seeds {
-            cmd.args(["--seed", s]);
-        }
+        let mut launch = AgentLaunch::new(&shoal, &n.data_dir, API, &listen, &n.log);
+        launch.runtime = Some("process".into());
+        launch.cluster_key = Some(key);
+        launch.seeds = seeds;
+        launch.args = vec![
+            "--cpu".into(),
+            start.cpu.clone(),
+            "--memory".into(),
+            start.memory.clone(),
+            "--test-faults".into(),
+        ];
         for (k, v) in &start.labels {
-            cmd.args(["--label", &format!("{k}={v}")]);
+            launch.args.extend(["--label".into(), format!("{k}={v}")]);
         }
         if let Some(p) = &start.profile {
-            cmd.args(["--profile", p]);
+            launch.args.extend(["--profile".into(), p.clone()]);
         }
         if n.clock_offset_ms != 0 {
-            cmd.arg(format!("--test-clock-offset-ms={}", n.clock_offset_ms));
+            launch
+                .args
+                .push(format!("--test-clock-offset-ms={}", n.clock_offset_ms));
         }
-        for (k, _) in std::env::vars_os() {
-            if k.to_string_lossy().starts_with("SHOAL_") {
-                cmd.env_remove(&k);
-            }
-        }
+        launch.clear_shoal_env = true;
         // Plain logs in the log file.
-        cmd.env("NO_COLOR", "1")
-            .envs(&n.env)
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().context("cannot share the log file")?)
-            .stderr(log);
-        in_namespace(&mut cmd, fd, true);
-        let child = cmd
-            .spawn()
-            .with_context(|| format!("cannot start {}", shoal.display()))?;
+        launch.env.insert("NO_COLOR".into(), "1".into());
+        launch.env.extend(n.env.clone());
+        launch.hook = Hook {
+            namespace: Some(ns),
+            new_session: true,
+        };
+        let child = launch.spawn()?;
         n.child = Some(child);
         n.state = AgentState::Running;
         Ok(())
@@ -380,70 +360,26 @@ fn write_swarm_key(path: &Path) -> anyhow::Result<()> {
     Ok(())
 }
 
-/// Makes `cmd` run inside the namespace `fd` (and, for agents, in a session of its own).
-fn in_namespace(cmd: &mut Command, fd: RawFd, new_session: bool) {
-    // SAFETY: the closure runs between fork and exec and only makes two async-signal-safe
-    // syscalls on an fd that stays open in the parent for the whole call.
-    unsafe {
-        cmd.pre_exec(move || {
-            if libc::setns(fd, libc::CLONE_NEWNET) == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            if new_session && libc::setsid() == -1 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-}
-
 /// Runs `shoal ARGS -o json --api 127.0.0.1:7800 --data-dir DIR` inside the node's namespace
 /// and returns stdout; kills it after `timeout` (a paused agent never answers).
 pub fn cli(shoal: &Path, t: &Target, args: &[&str], timeout: Duration) -> anyhow::Result<String> {
-    let mut cmd = Command::new(shoal);
-    cmd.args(args)
-        .args(["-o", "json", "--api", API, "--data-dir"])
-        .arg(&t.data_dir)
-        .stdin(Stdio::null())
-        .stdout(Stdio::piped())
-        .stderr(Stdio::piped());
-    for (k, _) in std::env::vars_os() {
-        if k.to_string_lossy().starts_with("SHOAL_") {
-            cmd.env_remove(&k);
-        }
-    }
-    in_namespace(&mut cmd, t.ns.as_raw_fd(), false);
-    let child = cmd
-        .spawn()
-        .with_context(|| format!("cannot run {}", shoal.display()))?;
-    let pid = child.id();
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let _ = tx.send(child.wait_with_output());
-    });
-    let out = match rx.recv_timeout(timeout) {
-        Ok(r) => r.context("shoal query failed")?,
-        Err(_) => {
-            // SAFETY: kill has no memory-safety preconditions; the pid is our unreaped child.
-            unsafe { libc::kill(pid as i32, libc::SIGKILL) };
-            let _ = rx.recv();
-            bail!(
-                "shoal {} on n{} did not answer within {}",
-                args.join(" "),
-                t.node,
-                humantime::format_duration(timeout)
-            );
-        }
+    let mut a = args.to_vec();
+    a.extend(["-o", "json"]);
+    Ok(agent_cli(shoal, t, timeout).run(&a)?)
+}
+
+/// The harness's CLI for the node's agent: inside its namespace, without the caller's
+/// `SHOAL_*` variables, killed after `timeout`.
+pub fn agent_cli(shoal: &Path, t: &Target, timeout: Duration) -> AgentCli {
+    let mut c = AgentCli::new(shoal, API, &t.data_dir);
+    c.hook = Hook {
+        namespace: Some(t.ns.clone()),
+        new_session: false,
     };
-    if !out.status.success() {
-        bail!(
-            "shoal {} on n{}: {}",
-            args.join(" "),
-            t.node,
-            String::from_utf8_lossy(&out.stderr).trim()
-        );
-    }
-    Ok(String::from_utf8_lossy(&out.stdout).into_owned())
+    c.clear_shoal_env = true;
+    c.timeout = Some(timeout);
+    c.name = format!("n{}", t.node);
+    c
 }
 
 /// `cli` and parse its JSON.

@@ -6,6 +6,7 @@
 mod fleet;
 mod interrupt;
 mod invariants;
+mod measure;
 mod model;
 mod nemesis;
 mod net;
@@ -93,6 +94,9 @@ enum Cmd {
     Validate { files: Vec<PathBuf> },
     /// Remove what dead harness runs left behind (namespaces, their processes, work dirs).
     Sweep,
+    /// Measure the release binary on 127.0.0.1 and print the tables of docs/measurements.md
+    /// (no root needed).
+    Measure(measure::MeasureArgs),
 }
 
 #[derive(Clone, Copy, Debug, PartialEq, Eq, ValueEnum)]
@@ -206,6 +210,12 @@ fn real_main(cli: Cli) -> anyhow::Result<bool> {
                 "suites: ci = {}; full = every scenario + nemesis 10m; bugs = every bugs: entry",
                 CI.join(", ")
             );
+            return Ok(true);
+        }
+        Cmd::Measure(args) => {
+            let shoal = fleet::find_shoal(cli.shoal.as_deref())?;
+            eprintln!("shoal-chaos: measuring {}", shoal.display());
+            measure::run(&shoal, &args)?;
             return Ok(true);
         }
         Cmd::Sweep => {

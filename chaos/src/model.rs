@@ -3,6 +3,10 @@
 //! in the process table, and the harness's own model of the desired state built from the writes
 //! the fleet acknowledged.
 //!
+//! The shapes stay declared here, read leniently, because the harness may drive an agent binary
+//! of another version (`--shoal PATH`); a test reads what the agent's own types
+//! (`shoal::node::api`) write, so a renamed field fails here first.
+//!
 //! Plain data and pure helpers only: no IO here.
 
 use std::collections::BTreeMap;
@@ -388,5 +392,110 @@ mod tests {
         .unwrap();
         assert_eq!(s.members.alive, 3);
         assert_eq!(s.capacity.cpu_millis, 2000);
+    }
+
+    #[test]
+    fn the_shapes_read_what_the_agents_own_types_write() {
+        use shoal::node::api;
+        let res = api::ResourcesView {
+            cpu_millis: 2000,
+            memory_bytes: 5,
+        };
+        let status = api::StatusView {
+            node: "12D3".into(),
+            digest: "ab".into(),
+            services: 2,
+            slots: 3,
+            running: 1,
+            members: api::MemberCounts {
+                alive: 3,
+                suspect: 1,
+                down: 0,
+                left: 2,
+            },
+            capacity: res,
+            unplaceable: vec![api::Unplaceable {
+                service: "web".into(),
+                slot: 1,
+                reason: "no room".into(),
+            }],
+            faults: vec!["drop".into()],
+            ..Default::default()
+        };
+        let s: StatusObs = serde_json::from_value(serde_json::to_value(&status).unwrap()).unwrap();
+        assert_eq!((s.node.as_str(), s.digest.as_str()), ("12D3", "ab"));
+        assert_eq!((s.services, s.slots, s.running), (2, 3, 1));
+        assert_eq!(
+            (s.members.alive, s.members.suspect, s.members.left),
+            (3, 1, 2)
+        );
+        assert_eq!(s.capacity.cpu_millis, 2000);
+        assert_eq!(s.unplaceable[0].reason, "no room");
+        assert_eq!(s.faults, vec!["drop".to_string()]);
+
+        let ps = api::PsEntry {
+            service: "web".into(),
+            slot: 4,
+            node: Some("12D3".into()),
+            epoch: 7,
+            revision: Some("r1".into()),
+            state: "running".into(),
+            pid: Some(42),
+            container: None,
+            endpoint: None,
+            restarts: 0,
+            detail: None,
+        };
+        let p: PsObs = serde_json::from_value(serde_json::to_value(&ps).unwrap()).unwrap();
+        assert_eq!(
+            (p.slot, p.node.as_deref(), p.epoch, p.pid),
+            (4, Some("12D3"), 7, Some(42))
+        );
+        assert_eq!(
+            (p.revision.as_deref(), p.state.as_str()),
+            (Some("r1"), "running")
+        );
+
+        let node = api::NodeView {
+            id: "12D3".into(),
+            addresses: vec![],
+            labels: BTreeMap::new(),
+            state: "suspect".into(),
+            incarnation: 3,
+            capacity: res,
+            allocated: api::ResourcesView::default(),
+            runtimes: vec![],
+            draining: false,
+            last_heard: 0,
+            agent_version: None,
+        };
+        let n: NodeObs = serde_json::from_value(serde_json::to_value(&node).unwrap()).unwrap();
+        assert_eq!((n.state.as_str(), n.incarnation), ("suspect", 3));
+        assert_eq!(n.capacity.memory_bytes, 5);
+
+        let h = api::HistoryEntry {
+            revision: "r2".into(),
+            written_by: "12D3".into(),
+            written_at: 9,
+            current: true,
+            deleted: false,
+            spec: None,
+        };
+        let h: HistoryObs = serde_json::from_value(serde_json::to_value(&h).unwrap()).unwrap();
+        assert_eq!(
+            (h.revision.as_str(), h.written_at, h.current),
+            ("r2", 9, true)
+        );
+
+        let w = api::WriteResult {
+            service: "web".into(),
+            revision: "r3".into(),
+            changed: true,
+        };
+        let w: WriteObs = serde_json::from_value(serde_json::to_value(&w).unwrap()).unwrap();
+        assert_eq!(
+            (w.service.as_str(), w.revision.as_str(), w.changed),
+            ("web", "r3", true)
+        );
     }
 }

@@ -1,11 +1,15 @@
 //! Helpers for tests that run the real `shoal` binary: agents in temp data dirs on 127.0.0.1,
-//! and the CLI against them. Every process started here is killed when its guard drops.
+//! and the CLI against them, over the one fleet harness (`shoal::harness`). Where the harness
+//! returns an error, these helpers panic with the agent's log: a test stops at the first thing
+//! that went wrong. Every process started here is killed when its guard drops.
 #![allow(dead_code)]
 
-use std::net::TcpListener;
+use std::ops::{Deref, DerefMut};
 use std::path::{Path, PathBuf};
-use std::process::{Child, Command, Output, Stdio};
-use std::time::{Duration, Instant};
+use std::process::Output;
+use std::time::Duration;
+
+use shoal::harness::{self, fleet::TempRoot, procs};
 
 pub fn shoal_bin() -> &'static str {
     env!("CARGO_BIN_EXE_shoal")
@@ -13,133 +17,84 @@ pub fn shoal_bin() -> &'static str {
 
 /// A free TCP port on 127.0.0.1 (bound then released).
 pub fn free_port() -> u16 {
-    TcpListener::bind("127.0.0.1:0")
-        .unwrap()
-        .local_addr()
-        .unwrap()
-        .port()
+    harness::free_port().unwrap()
 }
 
-/// One agent process.
-pub struct Agent {
-    pub dir: PathBuf,
-    pub api: String,
-    pub p2p_port: u16,
-    pub extra: Vec<String>,
-    pub child: Option<Child>,
-    pub log: PathBuf,
+/// How long `stop` waits for an agent to exit on SIGTERM.
+const STOP_TIMEOUT: Duration = Duration::from_secs(15);
+
+/// One agent process: the harness's agent, with methods that panic on failure. Its fields
+/// (`dir`, `api`, `log`, `p2p_port`) are the harness agent's.
+pub struct Agent(pub harness::Agent);
+
+impl Deref for Agent {
+    type Target = harness::Agent;
+    fn deref(&self) -> &harness::Agent {
+        &self.0
+    }
+}
+
+impl DerefMut for Agent {
+    fn deref_mut(&mut self) -> &mut harness::Agent {
+        &mut self.0
+    }
 }
 
 impl Agent {
     /// Prepares an agent with its own data dir (not started).
     pub fn new(root: &Path, name: &str, extra: &[&str]) -> Agent {
-        let dir = root.join(name);
-        std::fs::create_dir_all(&dir).unwrap();
-        Agent {
-            log: root.join(format!("{name}.log")),
-            dir,
-            api: format!("127.0.0.1:{}", free_port()),
-            p2p_port: free_port(),
-            extra: extra.iter().map(|s| s.to_string()).collect(),
-            child: None,
-        }
+        let args: Vec<String> = extra.iter().map(|s| s.to_string()).collect();
+        let mut a = harness::Agent::new(Path::new(shoal_bin()), root, name, &args).unwrap();
+        a.launch
+            .env
+            .insert("SHOAL_LOG".into(), "info,shoal=debug".into());
+        Agent(a)
     }
 
     pub fn multiaddr(&self) -> String {
-        format!("/ip4/127.0.0.1/tcp/{}", self.p2p_port)
+        self.0.multiaddr()
     }
 
     pub fn start(&mut self) {
-        assert!(self.child.is_none(), "already running");
-        let log = std::fs::OpenOptions::new()
-            .create(true)
-            .append(true)
-            .open(&self.log)
-            .unwrap();
-        let child = Command::new(shoal_bin())
-            .arg("agent")
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .arg("--api")
-            .arg(&self.api)
-            .arg("--listen")
-            .arg(self.multiaddr())
-            .args(&self.extra)
-            .env("SHOAL_LOG", "info,shoal=debug")
-            .stdin(Stdio::null())
-            .stdout(log.try_clone().unwrap())
-            .stderr(log)
-            .spawn()
-            .expect("spawn shoal agent");
-        self.child = Some(child);
+        assert!(!self.0.is_running(), "already running");
+        self.0.spawn().expect("spawn shoal agent");
         self.wait_ready();
     }
 
     /// Waits until the API answers `status`.
-    pub fn wait_ready(&self) {
-        let deadline = Instant::now() + Duration::from_secs(30);
-        loop {
-            let out = self.cli(&["status", "-o", "json"]);
-            if out.status.success() {
-                return;
-            }
-            if Instant::now() > deadline {
-                panic!(
-                    "agent in {} did not become ready: {}\n--- agent log ---\n{}",
-                    self.dir.display(),
-                    String::from_utf8_lossy(&out.stderr),
-                    self.log_text()
-                );
-            }
-            std::thread::sleep(Duration::from_millis(100));
+    pub fn wait_ready(&mut self) {
+        if let Err(e) = self.0.wait_ready() {
+            panic!(
+                "agent in {} did not become ready: {e}\n--- agent log ---\n{}",
+                self.dir.display(),
+                self.log_text()
+            );
         }
     }
 
     pub fn log_text(&self) -> String {
-        std::fs::read_to_string(&self.log).unwrap_or_default()
+        self.0.log_text()
     }
 
     pub fn pid(&self) -> u32 {
-        self.child.as_ref().expect("running").id()
+        self.0.pid().expect("running")
     }
 
     /// SIGTERM, then wait for exit.
     pub fn stop(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            unsafe { libc::kill(c.id() as i32, libc::SIGTERM) };
-            let deadline = Instant::now() + Duration::from_secs(15);
-            loop {
-                if c.try_wait().unwrap().is_some() {
-                    return;
-                }
-                if Instant::now() > deadline {
-                    let _ = c.kill();
-                    let _ = c.wait();
-                    panic!("agent did not exit on SIGTERM\n{}", self.log_text());
-                }
-                std::thread::sleep(Duration::from_millis(50));
-            }
+        if let Err(e) = self.0.stop(STOP_TIMEOUT) {
+            panic!("agent did not exit on SIGTERM ({e})\n{}", self.log_text());
         }
     }
 
     /// SIGKILL (power loss of the agent; its instances keep running).
     pub fn kill9(&mut self) {
-        if let Some(mut c) = self.child.take() {
-            let _ = c.kill();
-            let _ = c.wait();
-        }
+        self.0.kill9();
     }
 
     /// Runs a CLI command against this agent.
     pub fn cli(&self, args: &[&str]) -> Output {
-        Command::new(shoal_bin())
-            .args(args)
-            .arg("--api")
-            .arg(&self.api)
-            .arg("--data-dir")
-            .arg(&self.dir)
-            .output()
-            .expect("run shoal")
+        self.0.cli().output(args).expect("run shoal")
     }
 
     /// Runs a CLI command that must succeed; returns stdout.
@@ -159,64 +114,25 @@ impl Agent {
         a.extend(["-o", "json"]);
         serde_json::from_str(&self.ok(&a)).unwrap()
     }
-}
 
-impl Agent {
     /// Pids of the instances this agent's process driver recorded.
     pub fn instance_pids(&self) -> Vec<u32> {
-        let mut pids = Vec::new();
-        let Ok(dir) = std::fs::read_dir(self.dir.join("instances")) else {
-            return pids;
-        };
-        for e in dir.flatten() {
-            let Ok(text) = std::fs::read_to_string(e.path()) else {
-                continue;
-            };
-            let Ok(v) = serde_json::from_str::<serde_json::Value>(&text) else {
-                continue;
-            };
-            if let Some(pid) = v["pid"].as_u64() {
-                pids.push(pid as u32);
-            }
-        }
-        pids
-    }
-}
-
-impl Drop for Agent {
-    fn drop(&mut self) {
-        self.kill9();
-        // Instances outlive their agent by design; a test must not leave them behind.
-        kill_all(&self.instance_pids());
+        self.0.instance_pids()
     }
 }
 
 /// Polls `f` until it returns Some, or panics with `what` after `timeout` (a correctness bound,
 /// not a performance assertion).
-pub fn wait_for<T>(what: &str, timeout: Duration, mut f: impl FnMut() -> Option<T>) -> T {
-    let deadline = Instant::now() + timeout;
-    loop {
-        if let Some(v) = f() {
-            return v;
-        }
-        if Instant::now() > deadline {
-            panic!("timed out after {timeout:?} waiting for {what}");
-        }
-        std::thread::sleep(Duration::from_millis(100));
+pub fn wait_for<T>(what: &str, timeout: Duration, f: impl FnMut() -> Option<T>) -> T {
+    match harness::poll(what, timeout, Duration::from_millis(100), f) {
+        Ok(v) => v,
+        Err(_) => panic!("timed out after {timeout:?} waiting for {what}"),
     }
 }
 
 /// Whether a process runs (exists and is not a zombie).
 pub fn alive(pid: u32) -> bool {
-    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
-        Ok(s) => {
-            let state = s
-                .rsplit_once(')')
-                .and_then(|(_, r)| r.trim_start().chars().next());
-            !matches!(state, Some('Z') | Some('X'))
-        }
-        Err(_) => false,
-    }
+    procs::alive(pid)
 }
 
 /// A plain HTTP GET to 127.0.0.1; returns the status line.
@@ -242,37 +158,29 @@ pub fn http_get(endpoint: &str) -> Option<String> {
 
 /// Kills every process still running from `pids` (test cleanup).
 pub fn kill_all(pids: &[u32]) {
-    for p in pids {
-        unsafe { libc::kill(*p as i32, libc::SIGKILL) };
-    }
+    procs::kill_all(pids);
 }
 
 /// A fleet of agents on 127.0.0.1 joined through the first one.
 pub struct Fleet {
-    pub root: tempfile::TempDir,
+    /// Fields drop in order: the agents (and their instances) go before their folder.
     pub agents: Vec<Agent>,
     pub key: PathBuf,
     pub config: PathBuf,
+    pub root: TempRoot,
 }
 
 impl Fleet {
     /// Starts `n` agents; the first creates the cluster key, the others join through it.
     pub fn start(n: usize, extra: &[&str]) -> Fleet {
-        let root = tempfile::tempdir().unwrap();
+        let root = TempRoot::new("shoal-test-").unwrap();
         let key = root.path().join("cluster.key");
-        let out = Command::new(shoal_bin())
-            .args(["keygen", "--out"])
-            .arg(&key)
-            .output()
-            .unwrap();
-        assert!(
-            out.status.success(),
-            "keygen: {}",
-            String::from_utf8_lossy(&out.stderr)
-        );
+        if let Err(e) = harness::keygen(Path::new(shoal_bin()), &key) {
+            panic!("keygen: {e}");
+        }
         // A more patient failure detector than the LAN preset: these agents are debug builds
         // sharing two cores with the test suite, and a scheduling stall is not a death. The
-        // LAN preset's own figures are measured by scripts/measure.py on release builds.
+        // LAN preset's own figures are measured by `shoal-chaos measure` on release builds.
         let config = root.path().join("agent.toml");
         std::fs::write(
             &config,
@@ -317,54 +225,49 @@ impl Fleet {
 
     pub fn running(&self) -> Vec<usize> {
         (0..self.agents.len())
-            .filter(|i| self.agents[*i].child.is_some())
+            .filter(|i| self.agents[*i].is_running())
             .collect()
     }
 
     pub fn id(&self, i: usize) -> String {
-        self.agents[i].json(&["status"])["node"]
-            .as_str()
-            .unwrap()
-            .to_string()
+        self.status(i).node
+    }
+
+    /// `shoal status` of agent `i`, typed.
+    pub fn status(&self, i: usize) -> shoal::node::api::StatusView {
+        match self.agents[i].0.cli().status() {
+            Ok(s) => s,
+            Err(e) => panic!("{e}\n--- agent log ---\n{}", self.agents[i].log_text()),
+        }
     }
 
     /// Waits until every running agent lists `n` alive members.
     pub fn wait_members(&self, n: usize) {
-        wait_for(
-            &format!("{n} alive members everywhere"),
+        let clis: Vec<_> = self
+            .running()
+            .iter()
+            .map(|i| self.agents[*i].0.cli())
+            .collect();
+        if let Err(e) = harness::fleet::wait_alive(
+            &clis,
+            n,
             Duration::from_secs(60),
-            || {
-                self.running()
-                    .iter()
-                    .all(|i| {
-                        let nodes = self.agents[*i].json(&["nodes"]);
-                        nodes
-                            .as_array()
-                            .unwrap()
-                            .iter()
-                            .filter(|x| x["state"] == "alive")
-                            .count()
-                            == n
-                    })
-                    .then_some(())
-            },
-        );
+            Duration::from_millis(100),
+        ) {
+            panic!("{e}");
+        }
     }
 
     /// The state of node `id` as agent `i` sees it.
     pub fn state_of(&self, i: usize, id: &str) -> Option<(String, u64)> {
-        let nodes = self.agents[i].json(&["nodes"]);
+        let nodes = match self.agents[i].0.cli().nodes() {
+            Ok(n) => n,
+            Err(e) => panic!("{e}\n--- agent log ---\n{}", self.agents[i].log_text()),
+        };
         nodes
-            .as_array()
-            .unwrap()
-            .iter()
-            .find(|x| x["id"] == id)
-            .map(|x| {
-                (
-                    x["state"].as_str().unwrap().to_string(),
-                    x["incarnation"].as_u64().unwrap(),
-                )
-            })
+            .into_iter()
+            .find(|x| x.id == id)
+            .map(|x| (x.state, x.incarnation))
     }
 
     /// Waits until every running agent reports the same state digest; returns it.
@@ -376,12 +279,7 @@ impl Fleet {
                 let digests: Vec<String> = self
                     .running()
                     .iter()
-                    .map(|i| {
-                        self.agents[*i].json(&["status"])["digest"]
-                            .as_str()
-                            .unwrap()
-                            .to_string()
-                    })
+                    .map(|i| self.status(*i).digest)
                     .collect();
                 digests
                     .windows(2)
@@ -406,52 +304,13 @@ impl Fleet {
 /// session of its own, so only session leaders count (a `partition: majority` instance is its
 /// `shoal lease-run` supervisor plus the command it runs, in one session).
 pub fn instance_processes(service: &str) -> Vec<(u32, u64, u32)> {
-    let mut found = Vec::new();
-    let Ok(dir) = std::fs::read_dir("/proc") else {
-        return found;
-    };
-    for e in dir.flatten() {
-        let Some(pid) = e.file_name().to_str().and_then(|s| s.parse::<u32>().ok()) else {
-            continue;
-        };
-        if !alive(pid) || session_of(pid) != Some(pid) {
-            continue;
-        }
-        let Ok(env) = std::fs::read(format!("/proc/{pid}/environ")) else {
-            continue;
-        };
-        let mut svc = None;
-        let mut slot = None;
-        let mut epoch = None;
-        for kv in env.split(|b| *b == 0) {
-            let kv = String::from_utf8_lossy(kv);
-            if let Some(v) = kv.strip_prefix("SHOAL_SERVICE=") {
-                svc = Some(v.to_string());
-            } else if let Some(v) = kv.strip_prefix("SHOAL_SLOT=") {
-                slot = v.parse().ok();
-            } else if let Some(v) = kv.strip_prefix("SHOAL_EPOCH=") {
-                epoch = v.parse().ok();
-            }
-        }
-        if svc.as_deref() == Some(service)
-            && let (Some(s), Some(ep)) = (slot, epoch)
-        {
-            found.push((s, ep, pid));
-        }
-    }
+    let mut found: Vec<(u32, u64, u32)> = procs::instances_of(service)
+        .into_iter()
+        .filter(|i| i.is_leader())
+        .map(|i| (i.slot, i.epoch, i.pid))
+        .collect();
     found.sort();
     found
-}
-
-/// The session id of a process (field 6 of `/proc/<pid>/stat`).
-fn session_of(pid: u32) -> Option<u32> {
-    let stat = std::fs::read_to_string(format!("/proc/{pid}/stat")).ok()?;
-    stat.rsplit_once(')')?
-        .1
-        .split_whitespace()
-        .nth(3)?
-        .parse()
-        .ok()
 }
 
 /// A unique service name for a test (so leftovers of other runs never count).

@@ -12,7 +12,10 @@
 //! detection, of the time until anyone first sends the victim a datagram and until its first
 //! check (a probe, or its ring watcher's notice), and lists the crashes detected after more
 //! than 3 s. `shoal-sim sweep --seed S --nodes N` runs one sweep case and prints its
-//! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone. Run it in release: `cargo run --release --bin shoal-sim -- bench`.
+//! violations. `shoal-sim packing --nodes N` runs the placement-quality measurement alone.
+//!
+//! The simulator is test-only code, behind the `testing` feature: run it in release with
+//! `cargo run --release --features testing --bin shoal-sim -- bench`.
 
 use anyhow::{Context, bail};
 use shoal::membership::SwimTuning;
@@ -229,6 +232,7 @@ fn main() -> anyhow::Result<()> {
             let f = bench::measure_binpack(seed, nodes);
             println!("{f:?}");
         }
+        "help" | "--help" | "-h" => println!("{USAGE}"),
         other => bail!("unknown command {other:?}; {USAGE}"),
     }
     Ok(())

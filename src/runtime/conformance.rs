@@ -2,10 +2,10 @@
 //! machines that have them. A driver's tests supply a [`Fixture`] (how to express a workload for
 //! that driver) and call [`run_all`]; each check is also public so a failure names its check.
 //!
-//! Not `cfg(test)`: integration tests under `tests/` run it against docker. It checks behaviour
-//! every driver shares; driver-specific behaviour (adoption, pid reuse, port variables) is tested
-//! beside each driver. Time limits here are correctness bounds, generous on purpose, never
-//! performance assertions.
+//! Behind the `testing` feature, not `cfg(test)`: integration tests under `tests/` run it against
+//! docker. It checks behaviour every driver shares; driver-specific behaviour (adoption, pid
+//! reuse, port variables) is tested beside each driver. Time limits here are correctness bounds,
+//! generous on purpose, never performance assertions.
 
 use std::collections::BTreeMap;
 use std::time::Duration;

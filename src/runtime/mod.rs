@@ -5,8 +5,10 @@
 //! adoption and reclaim decisions live in `reconcile/` (sans-IO); the agent shell turns
 //! `RuntimeCommand`s into calls on a driver and driver observations into `RuntimeEvent`s.
 
+#[cfg(feature = "testing")]
 pub mod conformance;
 pub mod docker;
+#[cfg(feature = "testing")]
 pub mod fake;
 pub mod lease;
 pub mod process;

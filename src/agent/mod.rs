@@ -649,7 +649,6 @@ impl Shell {
                     }
                     self.net.publish(topic.name(), bytes);
                 }
-                Output::Send { .. } => {}
                 Output::Datagram { to, bytes } => self.net.send_datagram(to, bytes),
                 Output::Addresses { node: peer, addrs } => {
                     let addrs: Vec<Multiaddr> =

@@ -236,10 +236,6 @@ pub enum Input {
 /// Everything a node can ask of the outside world.
 #[derive(Clone, Debug, PartialEq)]
 pub enum Output {
-    Send {
-        to: NodeId,
-        msg: Message,
-    },
     Broadcast {
         topic: Topic,
         msg: Message,
@@ -883,10 +879,13 @@ impl<R: Rng> Node<R> {
             }
             ApiRequest::Scale { service, replicas } => {
                 let mut spec = self.live(&service)?.clone();
-                if replicas > 10_000 {
+                if replicas > crate::spec::MAX_REPLICAS {
                     return Err(ApiError::invalid(
-                        format!("replicas {replicas} is more than 10000"),
-                        "use at most 10000 replicas",
+                        format!(
+                            "replicas {replicas} is more than {}",
+                            crate::spec::MAX_REPLICAS
+                        ),
+                        format!("use at most {} replicas", crate::spec::MAX_REPLICAS),
                     ));
                 }
                 if spec.replicas == replicas {
@@ -1606,7 +1605,7 @@ impl<R: Rng> Node<R> {
             let win = placement::winner(o.bids.values()).cloned();
             tracing::debug!(
                 slot = %slot,
-                bids = ?o.bids.values().map(|b| (short(&b.node), b.score)).collect::<Vec<_>>(),
+                bids = ?o.bids.values().map(|b| (b.node.short(), b.score)).collect::<Vec<_>>(),
                 "bid window closed"
             );
             o.my_bid = None;
@@ -2194,9 +2193,3 @@ fn desired<'a>(
 
 #[cfg(test)]
 mod tests;
-
-/// The last 6 characters of a node id, for logs.
-fn short(node: &NodeId) -> &str {
-    let s: &str = &node.0;
-    s.get(s.len().saturating_sub(6)..).unwrap_or(s)
-}

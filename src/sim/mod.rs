@@ -627,11 +627,6 @@ impl Sim {
     fn apply(&mut self, i: usize, out: Vec<Output>) {
         for o in out {
             match o {
-                Output::Send { to, msg } => {
-                    if let Some(to) = index_of(&to) {
-                        self.send_message(i, &[to], Arc::new(msg), None);
-                    }
-                }
                 Output::Broadcast { topic, msg } => {
                     if topic == Topic::Bids
                         && let Message::Bids(b) = &msg
@@ -740,11 +735,6 @@ impl Sim {
                 }
             }
         }
-    }
-
-    fn send_message(&mut self, from: usize, to: &[usize], msg: Arc<Message>, gossip: Option<u64>) {
-        let (size, hash) = measure(&*msg);
-        self.send_measured(from, to, &Carried::new(&msg, from, size, hash), gossip);
     }
 
     fn send_measured(&mut self, from: usize, to: &[usize], c: &Carried, gossip: Option<u64>) {

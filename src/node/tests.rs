@@ -1,8 +1,14 @@
 //! Core state machine tests: feed inputs, assert the exact outputs.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use crate::ids::RevisionId;
+use crate::runtime::Handle;
 use crate::runtime::{ExitInfo, Observed, ObservedStatus};
+use crate::spec::{DriverKind, ServiceSpec};
 use crate::spec::{RestartMode, ServiceName, Workload};
+use crate::state::{Revision, RevisionBody};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 

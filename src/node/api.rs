@@ -555,3 +555,49 @@ fn find_revision<'a>(
         )),
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Hlc;
+
+    fn rev(id: &str, wall_ms: u64) -> Revision {
+        Revision {
+            id: RevisionId(id.into()),
+            stamp: Hlc {
+                wall_ms,
+                logical: 0,
+                node: NodeId("a".into()),
+            },
+            body: RevisionBody::Deleted,
+        }
+    }
+
+    #[test]
+    fn a_revision_is_found_by_its_id_or_its_unambiguous_sequence_number() {
+        let revs = [rev("1.aaaa", 1), rev("2.bbbb", 2), rev("2.cccc", 3)];
+        assert_eq!(find_revision(revs.iter(), "1").unwrap().id.0, "1.aaaa");
+        assert_eq!(find_revision(revs.iter(), "2.cccc").unwrap().id.0, "2.cccc");
+        let ambiguous = find_revision(revs.iter(), "2").unwrap_err();
+        assert_eq!(ambiguous.kind, ApiErrorKind::Invalid);
+        assert!(
+            ambiguous.error.contains("2.bbbb, 2.cccc"),
+            "{}",
+            ambiguous.error
+        );
+        let missing = find_revision(revs.iter(), "9").unwrap_err();
+        assert_eq!(missing.kind, ApiErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_node_is_named_by_its_id_a_prefix_of_it_or_its_short_form() {
+        let ids = [
+            NodeId("12D3KooWAbcdefghijklmnop".into()),
+            NodeId("12D3KooWXyz".into()),
+        ];
+        let found = resolve_node("Abcdef", ids.iter()).unwrap();
+        assert_eq!(found, ids[0]);
+        assert_eq!(resolve_node("12D3KooWXyz", ids.iter()).unwrap(), ids[1]);
+        assert!(resolve_node("nobody", ids.iter()).is_err());
+    }
+}

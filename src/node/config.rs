@@ -98,8 +98,11 @@ pub struct NodeConfig {
     pub timing: CoreTiming,
     /// Multiaddrs peers use to reach this node (advertised through membership).
     pub addrs: Vec<String>,
-    /// SWIM timing; `None` runs the node without membership (a fleet of one, and tests).
-    pub swim: Option<SwimTuning>,
+    /// Multiaddrs of nodes to join through: dialled while this node sees no other member (see
+    /// `node/dial.rs`). Empty for the first node of a new cluster.
+    pub seeds: Vec<String>,
+    /// SWIM timing (a fleet of one runs it too, with nobody to probe).
+    pub swim: SwimTuning,
     /// Bugs switched on deliberately, to show that the chaos harness and the simulator catch
     /// them. Never set in production (`SHOAL_TEST_BUGS`).
     pub bugs: TestBugs,

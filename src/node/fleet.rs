@@ -6,19 +6,17 @@
 use rand::Rng;
 
 use crate::ids::{Millis, NodeId};
-use crate::membership::{MemberEvent, MemberOutput, MemberState, NodeMeta};
+use crate::membership::{Member, MemberEvent, MemberOutput, NodeMeta};
 use crate::spec::Resources;
 
-use super::{Node, NodeConfig, Output, PeerMeta, PeerState, PeerUpdate};
+use super::{Node, NodeConfig, Output};
 
 impl<R: Rng> Node<R> {
     /// Announces a graceful departure: peers mark this node `left` at once.
     pub fn leave(&mut self, now: Millis, out: &mut Vec<Output>) {
-        if let Some(m) = &mut self.membership {
-            let mut mo = Vec::new();
-            m.leave(now, &mut mo);
-            self.apply_member_outputs(now, mo, out);
-        }
+        let mut mo = Vec::new();
+        self.membership.leave(now, &mut mo);
+        self.apply_member_outputs(now, mo, out);
     }
 
     /// A SWIM datagram from a peer.
@@ -29,22 +27,20 @@ impl<R: Rng> Node<R> {
         bytes: &[u8],
         out: &mut Vec<Output>,
     ) {
-        if let Some(m) = &mut self.membership {
-            let mut mo = Vec::new();
-            m.handle_datagram(now, from, bytes, &mut mo);
-            self.apply_member_outputs(now, mo, out);
-        }
+        let mut mo = Vec::new();
+        self.membership.handle_datagram(now, from, bytes, &mut mo);
+        self.apply_member_outputs(now, mo, out);
     }
 
     /// The transport connected to `node`: announce ourselves unless it is an active member.
     pub(super) fn on_connected(&mut self, now: Millis, node: NodeId, out: &mut Vec<Output>) {
         let known = self
             .membership
-            .as_ref()
-            .is_some_and(|m| m.member(&node).is_some_and(|x| x.state.is_active()));
-        if !known && let Some(m) = &mut self.membership {
+            .member(&node)
+            .is_some_and(|x| x.state.is_active());
+        if !known {
             let mut mo = Vec::new();
-            m.announce(now, node, &mut mo);
+            self.membership.announce(now, node, &mut mo);
             self.apply_member_outputs(now, mo, out);
         }
     }
@@ -62,54 +58,41 @@ impl<R: Rng> Node<R> {
                 MemberOutput::Addresses { node, addrs } => {
                     out.push(Output::Addresses { node, addrs })
                 }
-                MemberOutput::Event(ev) => {
-                    self.dirty = true;
-                    let (MemberEvent::Up(id)
-                    | MemberEvent::Suspect(id)
-                    | MemberEvent::Down(id)
-                    | MemberEvent::Left(id)
-                    | MemberEvent::MetaChanged(id)) = &ev;
-                    if id == &self.cfg.id {
-                        continue;
-                    }
-                    let Some(m) = self.membership.as_ref().and_then(|m| m.member(id)) else {
-                        continue;
-                    };
-                    let update = PeerUpdate {
-                        node: id.clone(),
-                        state: match m.state {
-                            MemberState::Alive => PeerState::Alive,
-                            MemberState::Suspect => PeerState::Suspect,
-                            MemberState::Down => PeerState::Down,
-                            MemberState::Left => PeerState::Left,
-                        },
-                        incarnation: m.incarnation,
-                        meta: m.meta.clone().map(PeerMeta::from_advertised),
-                    };
-                    match &ev {
-                        MemberEvent::Up(_) => {
-                            tracing::info!(peer = %id, incarnation = m.incarnation, "member up")
-                        }
-                        MemberEvent::Down(_) => tracing::warn!(peer = %id, "member down"),
-                        MemberEvent::Left(_) => tracing::info!(peer = %id, "member left"),
-                        _ => {}
-                    }
-                    let up = matches!(ev, MemberEvent::Up(_));
-                    let known = self.members.peers().contains_key(id);
-                    self.members.apply(now, update);
-                    if up {
-                        self.sync.member_up(now, id, known, &self.state, out);
-                    }
-                }
+                MemberOutput::Event(ev, member) => self.on_member_event(now, &ev, &member, out),
             }
+        }
+    }
+
+    /// A member changed: the view takes it in, and a member that came up is synced with.
+    pub(super) fn on_member_event(
+        &mut self,
+        now: Millis,
+        ev: &MemberEvent,
+        m: &Member,
+        out: &mut Vec<Output>,
+    ) {
+        self.dirty = true;
+        let id = &m.id;
+        if *id == self.cfg.id {
+            return;
+        }
+        match ev {
+            MemberEvent::Up(_) => {
+                tracing::info!(peer = %id, incarnation = m.incarnation, "member up")
+            }
+            MemberEvent::Down(_) => tracing::warn!(peer = %id, "member down"),
+            MemberEvent::Left(_) => tracing::info!(peer = %id, "member left"),
+            MemberEvent::Suspect(_) | MemberEvent::MetaChanged(_) => {}
+        }
+        let known = self.members.peers().contains_key(id);
+        self.members.apply(now, m);
+        if matches!(ev, MemberEvent::Up(_)) {
+            self.sync.member_up(now, id, known, &self.state, out);
         }
     }
 
     /// Hands changed metadata (allocation, draining) to membership, which rate-limits it.
     pub(super) fn publish_meta(&mut self, now: Millis, out: &mut Vec<Output>) {
-        if self.membership.is_none() {
-            return;
-        }
         let meta = node_meta(
             &self.cfg,
             self.allocated(now),
@@ -123,8 +106,7 @@ impl<R: Rng> Node<R> {
             return;
         }
         let mut mo = Vec::new();
-        let m = self.membership.as_mut().expect("checked above");
-        match m.set_meta(now, meta.clone(), &mut mo) {
+        match self.membership.set_meta(now, meta.clone(), &mut mo) {
             Ok(()) => self.published_meta = Some(meta),
             Err(e) => tracing::warn!(error = %e, "cannot publish node metadata"),
         }
@@ -155,5 +137,28 @@ fn same_meta(a: &NodeMeta, b: &NodeMeta) -> bool {
     } == NodeMeta {
         version: 0,
         ..b.clone()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{member, ready};
+    use super::*;
+    use crate::membership::MemberState;
+
+    fn syncs_with(out: &[Output], peer: &str) -> bool {
+        out.iter()
+            .any(|o| matches!(o, Output::SyncRequest { to, .. } if &*to.0 == peer))
+    }
+
+    #[test]
+    fn a_member_that_comes_up_is_synced_with_and_one_that_goes_down_is_not() {
+        let mut n = ready("a");
+        let out = member(&mut n, "b", MemberState::Alive, 1);
+        assert!(syncs_with(&out, "b"));
+        assert_eq!(n.members().present_count(), 2);
+        let out = member(&mut n, "b", MemberState::Down, 2);
+        assert!(!syncs_with(&out, "b"));
+        assert_eq!(n.members().present_count(), 1);
     }
 }

@@ -15,6 +15,7 @@
 pub mod api;
 mod config;
 mod desired;
+mod dial;
 mod fence;
 mod fleet;
 pub mod members;
@@ -28,7 +29,9 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstanceKey, Millis, NodeId, SlotId};
-use crate::membership::{MemberId, Membership, MembershipError, NodeMeta, RecordShare};
+use crate::membership::{
+    MemberId, MemberState, Membership, MembershipError, NodeMeta, RecordShare,
+};
 use crate::placement::{Auction, Bid};
 use crate::reconcile::{self, Effect, Reconciler};
 use crate::runtime::{RuntimeCommand, RuntimeEvent};
@@ -37,11 +40,12 @@ use crate::state::{Claim, ClusterState, Crdt, HlcClock, NodeReport};
 
 pub use api::{ApiError, ApiReply, ApiRequest, DEPLOY_DELTA_BYTES};
 pub use config::{CoreTiming, NodeConfig, TestBugs};
-pub use members::{Members, Peer, PeerMeta, PeerState, PeerUpdate};
+pub use members::{Members, Peer, PeerMeta};
 pub use place::{BIDDERS_PER_SLOT, MAX_BIDS_PER_MESSAGE, MAX_CLAIMS_PER_DELTA};
 pub use sync::{SyncMsg, UP_SYNC_INTERVAL_MS};
 
 use desired::{Handovers, Local};
+use dial::Dialer;
 use fence::Fence;
 use fleet::node_meta;
 use sync::{AntiEntropy, Next};
@@ -87,8 +91,6 @@ pub enum Input {
         req: ApiRequest,
     },
     Runtime(RuntimeEvent),
-    /// A membership change injected directly (tests, and nodes without SWIM).
-    Peer(PeerUpdate),
     /// A SWIM datagram from `/shoal/swim/1`.
     Datagram {
         from: NodeId,
@@ -147,6 +149,11 @@ pub enum Output {
         id: u64,
         msg: SyncMsg,
     },
+    /// Dial this seed (a multiaddr from `NodeConfig::seeds`); a connection comes back as
+    /// `Input::Connected`.
+    Dial {
+        addr: String,
+    },
 }
 
 /// One node's core.
@@ -167,7 +174,8 @@ pub struct Node<R: Rng> {
     fence: Fence,
     handovers: Handovers,
     sync: AntiEntropy,
-    membership: Option<Membership>,
+    dialer: Dialer,
+    membership: Membership,
     /// The metadata last handed to membership.
     published_meta: Option<NodeMeta>,
     /// Something changed since the last `drive` (placement and reconcile must look again).
@@ -188,22 +196,18 @@ impl<R: Rng> Node<R> {
             }
         }
         let reconciler = Reconciler::new(cfg.timing.reconcile.clone());
-        let membership = match &cfg.swim {
-            Some(tuning) => {
-                let id = MemberId::new(cfg.id.clone(), cfg.incarnation, cfg.addrs.clone())?;
-                Some(Membership::new(
-                    id,
-                    node_meta(&cfg, Resources::default(), false),
-                    tuning.clone(),
-                    rng.random(),
-                )?)
-            }
-            None => None,
-        };
+        let id = MemberId::new(cfg.id.clone(), cfg.incarnation, cfg.addrs.clone())?;
+        let membership = Membership::new(
+            id,
+            node_meta(&cfg, Resources::default(), false),
+            cfg.swim.clone(),
+            rng.random(),
+        )?;
         Ok(Node {
             fence: Fence::new(&cfg.timing, cfg.bugs.no_fence),
             handovers: Handovers::new(cfg.timing.handover_max_ms),
             sync: AntiEntropy::new(cfg.timing.sync_interval_ms),
+            dialer: Dialer::new(cfg.seeds.clone()),
             cfg,
             rng,
             clock,
@@ -223,17 +227,15 @@ impl<R: Rng> Node<R> {
         })
     }
 
-    /// Membership, when the node runs SWIM.
-    pub fn membership(&self) -> Option<&Membership> {
-        self.membership.as_ref()
+    /// This node's SWIM membership.
+    pub fn membership(&self) -> &Membership {
+        &self.membership
     }
 
     /// Holds members' metadata records in `share`, one copy for every node given the same
     /// share (the simulator runs thousands of nodes in one process; an agent never calls it).
     pub fn share_member_records(&mut self, share: RecordShare) {
-        if let Some(m) = &mut self.membership {
-            m.share_records(share);
-        }
+        self.membership.share_records(share);
     }
 
     pub fn id(&self) -> &NodeId {
@@ -278,6 +280,11 @@ impl<R: Rng> Node<R> {
         self.fence.lease_left_ms(now)
     }
 
+    /// Whether this node sees no other present member (it dials its seeds then).
+    fn alone(&self) -> bool {
+        self.members.present_count() <= 1
+    }
+
     /// When the node next needs a `Tick`, at the latest.
     pub fn next_wake(&self, now: Millis) -> Millis {
         let t = &self.cfg.timing;
@@ -293,7 +300,10 @@ impl<R: Rng> Node<R> {
         if let Some(d) = self.fence.next_start(now) {
             consider(d);
         }
-        if let Some(d) = self.membership.as_ref().and_then(Membership::next_deadline) {
+        if let Some(d) = self.membership.next_deadline() {
+            consider(d);
+        }
+        if let Some(d) = self.dialer.next_dial(self.alone()) {
             consider(d);
         }
         if let Some(t) = self.auction.my_bids_since() {
@@ -333,9 +343,6 @@ impl<R: Rng> Node<R> {
                 out.push(Output::Reply { id, result });
             }
             Input::Runtime(ev) => self.reconcile(now, Some(ev), out),
-            Input::Peer(u) => {
-                self.members.apply(now, u);
-            }
             Input::Datagram { from, bytes } => self.on_datagram(now, &from, &bytes, out),
             Input::Connected { node } => self.on_connected(now, node, out),
             Input::SyncRequest { from, id, msg } => {
@@ -423,11 +430,10 @@ impl<R: Rng> Node<R> {
     /// placement, reconcile, report.
     fn drive(&mut self, now: Millis, out: &mut Vec<Output>) {
         let t = self.cfg.timing.clone();
-        if let Some(m) = &mut self.membership {
-            let mut mo = Vec::new();
-            m.tick(now, &mut mo);
-            self.apply_member_outputs(now, mo, out);
-        }
+        let mut mo = Vec::new();
+        self.membership.tick(now, &mut mo);
+        self.apply_member_outputs(now, mo, out);
+        self.dialer.drive(now, self.alone(), &mut self.rng, out);
         let present: Vec<NodeId> = self.members.present().map(|(id, _)| id.clone()).collect();
         self.sync
             .periodic(now, &present, &self.state, &mut self.rng, out);
@@ -480,7 +486,7 @@ impl<R: Rng> Node<R> {
             me: &self.cfg.id,
             reconciler: &self.reconciler,
             fence: &self.fence,
-            present: |id: &NodeId| members.state(id).is_some_and(PeerState::present),
+            present: |id: &NodeId| members.state(id).is_some_and(MemberState::is_active),
             skip_reclaim: self.cfg.bugs.skip_reclaim,
         };
         let desired = self.handovers.desired(now, &self.state, local);

@@ -67,7 +67,7 @@ impl<R: Rng> Node<R> {
             .map(|s| now.since(s))
             .filter(|ran| *ran >= grace);
         let seen = |id: &NodeId| match self.members.peers().get(id) {
-            Some(p) if p.state.present() => OwnerSeen::Present,
+            Some(p) if p.state.is_active() => OwnerSeen::Present,
             Some(p) => OwnerSeen::Absent { since: p.since },
             None => OwnerSeen::Unknown,
         };

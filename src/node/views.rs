@@ -6,13 +6,14 @@ use std::collections::{BTreeMap, BTreeSet};
 use rand::Rng;
 
 use crate::ids::{Millis, NodeId, SlotId};
+use crate::membership::MemberState;
 use crate::placement::{self, Ineligible, NodeFacts};
 use crate::reconcile;
 use crate::runtime::Handle;
 use crate::spec::{ServiceName, ServiceSpec};
 use crate::state::InstanceReport;
 
-use super::{Node, PeerState, api};
+use super::{Node, api};
 
 impl<R: Rng> Node<R> {
     /// Why a slot of `spec` cannot be placed, judged from this node's view of every present
@@ -174,10 +175,10 @@ impl<R: Rng> Node<R> {
         };
         for p in self.members.peers().values() {
             match p.state {
-                PeerState::Alive => members.alive += 1,
-                PeerState::Suspect => members.suspect += 1,
-                PeerState::Down => members.down += 1,
-                PeerState::Left => members.left += 1,
+                MemberState::Alive => members.alive += 1,
+                MemberState::Suspect => members.suspect += 1,
+                MemberState::Down => members.down += 1,
+                MemberState::Left => members.left += 1,
             }
         }
         let running = self
@@ -269,5 +270,47 @@ impl<R: Rng> Node<R> {
         }
         rows.sort_by(|a, b| a.id.cmp(&b.id));
         rows
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::super::tests::{api, member, ready, web};
+    use super::*;
+    use crate::node::ApiRequest;
+
+    #[test]
+    fn ps_shows_a_slot_nobody_can_take_as_pending_with_the_reason() {
+        let mut n = ready("a");
+        let mut s = web(2);
+        s.resources.cpu_millis = 6000;
+        api(&mut n, 0, ApiRequest::Deploy { specs: vec![s] });
+        let rows = n.ps(Millis(5_000), None);
+        assert_eq!(rows.len(), 2);
+        for r in &rows {
+            assert_eq!(r.state, "pending");
+            assert_eq!(r.node, None);
+            assert_eq!(
+                r.detail.as_deref(),
+                Some("needs cpu 6, largest free 4 on a")
+            );
+        }
+    }
+
+    #[test]
+    fn nodes_and_status_show_every_member_in_the_state_membership_reported() {
+        let mut n = ready("a");
+        member(&mut n, "c", MemberState::Alive, 1);
+        member(&mut n, "b", MemberState::Alive, 1);
+        member(&mut n, "b", MemberState::Down, 2);
+        let rows = n.nodes(Millis(3));
+        let seen: Vec<(&str, &str)> = rows
+            .iter()
+            .map(|r| (r.id.as_str(), r.state.as_str()))
+            .collect();
+        assert_eq!(seen, vec![("a", "alive"), ("b", "down"), ("c", "alive")]);
+        let st = n.status(Millis(3));
+        assert_eq!((st.members.alive, st.members.down), (2, 1));
+        assert_eq!(st.node, "a");
     }
 }

@@ -6,8 +6,8 @@
 
 use std::time::Instant;
 
+use crate::membership::MemberState;
 use crate::node::ApiRequest;
-use crate::node::PeerState;
 use crate::spec::{Resources, ServiceName};
 
 use super::scenario::{join, service, start_and_join, sweep_case, until_placed};
@@ -182,7 +182,12 @@ fn known_dead_at_99(sim: &Sim, victim: &crate::ids::NodeId) -> bool {
     let (mut live, mut knows) = (0, 0);
     for (_, node) in sim.up() {
         live += 1;
-        knows += usize::from(!node.members().state(victim).is_some_and(PeerState::present));
+        knows += usize::from(
+            !node
+                .members()
+                .state(victim)
+                .is_some_and(MemberState::is_active),
+        );
     }
     knows * 100 >= live * 99
 }
@@ -197,7 +202,7 @@ fn false_deaths_at_10pct_loss(sim: &mut Sim) -> usize {
         sim.run_for(1_000);
         for (_, node) in sim.up() {
             for &j in &before {
-                if node.members().state(&nid(j)) == Some(PeerState::Down) {
+                if node.members().state(&nid(j)) == Some(MemberState::Down) {
                     dead.insert(j);
                 }
             }

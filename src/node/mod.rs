@@ -4,10 +4,11 @@
 //! node's parts, and hands every input (a timer tick, a peer's message, an API request, a
 //! runtime event, a membership change) to the part it concerns: anti-entropy (`sync.rs`),
 //! majority fencing (`fence.rs`), what this node should run (`desired.rs`), its side of the
-//! auction (`place.rs`, over the rules in `placement/`), API requests (`api.rs`) and read views
-//! (`views.rs`). It never reads a clock, a socket, a file or an OS random source: `now` and the
-//! RNG come from outside, so the same inputs give the same outputs in the agent and in the
-//! simulator.
+//! auction (`place.rs`, over the rules in `placement/`), membership's events and this node's
+//! advertised metadata (`fleet.rs`), seed dialling (`dial.rs`), API requests (`api.rs`) and
+//! read views (`views.rs`). It never reads a clock, a socket, a file or an OS random source:
+//! `now` and the RNG come from outside, so the same inputs give the same outputs in the agent
+//! and in the simulator.
 //!
 //! Outputs are ordered: a `Persist` always precedes the `Reply` that acknowledges the write it
 //! holds, and the shell executes outputs in order, so nothing is acknowledged before it is on disk.

@@ -66,6 +66,7 @@ pub use meta::{
     MAX_META_RECORD_BYTES, MAX_RUNTIMES, MetaError, NodeMeta, RecordShare,
 };
 pub use tuning::{Profile, SwimTuning, TuningError};
+#[cfg(feature = "testing")]
 pub use wire::classify as classify_datagram;
 
 use foca_io::{Collect, Scan, touched};
@@ -605,6 +606,7 @@ impl Membership {
     /// Holds the members' metadata records received from now on in `share`, with every other
     /// `Membership` given the same share: one copy of each record per process instead of one
     /// per `Membership` (for the simulator; see [`RecordShare`]).
+    #[cfg(feature = "testing")]
     pub fn share_records(&mut self, share: RecordShare) {
         self.store.lock().share = Some(share);
     }
@@ -689,6 +691,7 @@ impl Membership {
     }
 
     /// Members alive or suspect, this node included (unless it left).
+    #[cfg(test)]
     pub fn alive_count(&self) -> usize {
         self.members().filter(|m| m.state.is_active()).count()
     }

@@ -174,6 +174,7 @@ impl SwimTuning {
     /// ours; there is no announce to down members (memberlist only gossips to the dead for
     /// 30 s). Our own additions around foca (the prober telling the suspect directly, metadata
     /// pulls) stay on, as they are part of the membership layer, not of its parameters.
+    #[cfg(any(test, feature = "testing"))]
     pub fn memberlist_defaults(cluster_size: u32) -> SwimTuning {
         let n = f64::from(cluster_size.max(1));
         let scale = n.log10().max(1.0);

@@ -164,6 +164,7 @@ pub(crate) fn decode(bytes: &[u8]) -> Result<(Kind, &[u8]), EnvelopeError> {
 /// bytes): its kind (the foca message for SWIM packets) and how many of its bytes ride after
 /// the foca message (member updates and metadata broadcasts piggybacked on it). `None` for
 /// bytes that are not a datagram of this version.
+#[cfg(feature = "testing")]
 pub fn classify(bytes: &[u8]) -> Option<(&'static str, usize)> {
     let (kind, payload) = decode(bytes).ok()?;
     let rest = match kind {
@@ -185,6 +186,7 @@ pub fn classify(bytes: &[u8]) -> Option<(&'static str, usize)> {
     Some((message_label(&message), after.len()))
 }
 
+#[cfg(feature = "testing")]
 fn message_label(m: &foca::Message<MemberId>) -> &'static str {
     use foca::Message::*;
     match m {

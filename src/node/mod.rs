@@ -30,9 +30,7 @@ use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
 use crate::ids::{InstanceKey, Millis, NodeId, SlotId};
-use crate::membership::{
-    MemberId, MemberState, Membership, MembershipError, NodeMeta, RecordShare,
-};
+use crate::membership::{MemberId, MemberState, Membership, MembershipError, NodeMeta};
 use crate::placement::{Auction, Bid};
 use crate::reconcile::{self, Effect, Reconciler};
 use crate::runtime::{RuntimeCommand, RuntimeEvent};
@@ -235,7 +233,8 @@ impl<R: Rng> Node<R> {
 
     /// Holds members' metadata records in `share`, one copy for every node given the same
     /// share (the simulator runs thousands of nodes in one process; an agent never calls it).
-    pub fn share_member_records(&mut self, share: RecordShare) {
+    #[cfg(feature = "testing")]
+    pub fn share_member_records(&mut self, share: crate::membership::RecordShare) {
         self.membership.share_records(share);
     }
 

@@ -309,6 +309,7 @@ impl ClusterState {
     }
 
     /// The revision with this stamp, if still in history.
+    #[cfg(feature = "testing")]
     pub fn revision_by_stamp(&self, name: &ServiceName, stamp: &Hlc) -> Option<&Revision> {
         self.services.get(name)?.history.get(stamp)
     }

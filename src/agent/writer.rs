@@ -1,8 +1,9 @@
 //! The store writer: a thread that owns the redb store, commits changed entries in groups, and
 //! acknowledges API writes only once they are committed durably.
 //!
-//! The node loop never waits for the disk: it hands each batch of changed entries (with the API
-//! replies that must wait for them) to this thread through a bounded queue. The thread drains what
+//! The node loop hands each batch of changed entries (with the API replies that must wait for
+//! them) to this thread through a bounded queue, so it waits for the disk only when that queue
+//! is full (back-pressure: the loop then takes no new input until the writer catches up). The thread drains what
 //! is queued, commits it as one transaction — fsync'd when any job in it acknowledges a write,
 //! not otherwise (state learned from peers can be learned again) — then sends the replies. It
 //! keeps a mirror of the state so that after a failed write it can rewrite everything.

@@ -3,7 +3,7 @@
 //! It finds the agent (`--api`) and the token (`--token`, else `<data-dir>/api-token`), sends
 //! requests with `ureq`, and turns every failure into a [`ClientError`] that says what went
 //! wrong and what to do. It does not print anything or decide how replies are shown (that is
-//! `cli/commands.rs`).
+//! `cli/commands.rs` and `cli/commands/render.rs`).
 
 use std::io::{self, Read};
 use std::path::PathBuf;

@@ -2,7 +2,7 @@
 //!
 //! A node may run a majority instance only while it has seen a majority of the fleet within the
 //! last `lease_ms`; the other side re-places the slot only after `lease_ms + drift_margin_ms`.
-//! The agent enforces that itself (`Node::fenced`), but an agent that is paused (SIGSTOP, a
+//! The agent enforces that itself (`Fence::fenced`, src/node/fence.rs), but an agent that is paused (SIGSTOP, a
 //! hung process) or killed with its instances left running cannot: its instance would run on
 //! beside the replacement. So the agent also writes how long its lease still holds to
 //! `<data-dir>/majority.lease`, as a deadline on `CLOCK_BOOTTIME`, and the process driver starts

@@ -434,9 +434,10 @@ impl<R: Rng> Node<R> {
         self.membership.tick(now, &mut mo);
         self.apply_member_outputs(now, mo, out);
         self.dialer.drive(now, self.alone(), &mut self.rng, out);
-        let present: Vec<NodeId> = self.members.present().map(|(id, _)| id.clone()).collect();
+        let members = &self.members;
+        let present = || members.present().map(|(id, _)| id.clone()).collect();
         self.sync
-            .periodic(now, &present, &self.state, &mut self.rng, out);
+            .periodic(now, present, &self.state, &mut self.rng, out);
         if now.since(self.last_compact) >= t.compact_ms {
             self.last_compact = now;
             self.state.compact(now);

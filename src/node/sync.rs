@@ -324,10 +324,12 @@ impl AntiEntropy {
 
     /// One exchange with a random present peer every `interval_ms` (jittered so that nodes
     /// started together do not sync in lockstep); forgets exchanges that never finished.
+    /// `present` lists the peers to pick from; it is called only when an exchange is due, since
+    /// listing them walks the whole member view and a node drives many times a second.
     pub fn periodic<R: Rng>(
         &mut self,
         now: Millis,
-        present: &[NodeId],
+        present: impl FnOnce() -> Vec<NodeId>,
         state: &ClusterState,
         rng: &mut R,
         out: &mut Vec<Output>,
@@ -340,6 +342,7 @@ impl AntiEntropy {
         }
         let interval = self.interval_ms;
         self.next_sync = now.plus(interval / 2 + rng.random_range(0..=interval));
+        let present = present();
         if present.is_empty() {
             return;
         }

@@ -18,10 +18,23 @@ use crate::spec::ServiceName;
 pub struct NodeId(pub Arc<str>);
 
 impl NodeId {
-    /// The first characters after the common `12D3KooW` prefix, for tables meant for people.
+    /// The id as people read it in tables, logs and explanations (see [`short_node_id`]).
     pub fn short(&self) -> &str {
-        let s = self.0.strip_prefix("12D3KooW").unwrap_or(&self.0);
-        &s[..s.len().min(8)]
+        short_node_id(&self.0)
+    }
+}
+
+/// How many characters of a node id people see, after the common prefix is stripped.
+pub const SHORT_NODE_ID_CHARS: usize = 12;
+
+/// A node id as people read it: the common `12D3KooW` prefix of libp2p Ed25519 peer ids
+/// stripped, then the first [`SHORT_NODE_ID_CHARS`] characters. The one shortener used by
+/// tables, logs and explanations. Cuts on a character boundary, so any UTF-8 text is safe.
+pub fn short_node_id(id: &str) -> &str {
+    let rest = id.strip_prefix("12D3KooW").unwrap_or(id);
+    match rest.char_indices().nth(SHORT_NODE_ID_CHARS) {
+        Some((end, _)) => &rest[..end],
+        None => rest,
     }
 }
 
@@ -164,5 +177,25 @@ mod tests {
             prop_assert_eq!(y.cmp(&x), expected.reverse());
             prop_assert_eq!(x == y, expected.is_eq());
         }
+
+        /// The shortener never panics, whatever the text, and keeps a prefix of what follows
+        /// the common `12D3KooW` prefix.
+        #[test]
+        fn a_short_node_id_is_a_prefix_of_any_text_and_never_panics(id in ".{0,40}") {
+            let short = short_node_id(&id);
+            let rest = id.strip_prefix("12D3KooW").unwrap_or(&id);
+            prop_assert!(rest.starts_with(short));
+            prop_assert!(short.chars().count() <= SHORT_NODE_ID_CHARS);
+        }
+    }
+
+    #[test]
+    fn a_short_node_id_drops_the_common_prefix_and_keeps_twelve_characters() {
+        let id = "12D3KooWQ8vDpwZyK9xWcCdaJ4k7Mp2sL3nR5tV8yB1eF6gH";
+        assert_eq!(short_node_id(id), "Q8vDpwZyK9xW");
+        assert_eq!(NodeId(id.into()).short(), "Q8vDpwZyK9xW");
+        assert_eq!(short_node_id("n3"), "n3");
+        assert_eq!(short_node_id("ééééééééééééééé"), "éééééééééééé");
+        assert_eq!(short_node_id(""), "");
     }
 }

@@ -307,7 +307,8 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
         agent_version: VERSION.to_string(),
         timing,
         addrs: advertised.clone(),
-        swim: Some(swim),
+        seeds: seeds.iter().map(Multiaddr::to_string).collect(),
+        swim,
         bugs,
     };
     let (writer_tx, writer_thread) = writer::spawn(store, state.clone());
@@ -369,29 +370,13 @@ async fn agent_main(cfg: AgentConfig, drivers_rt: tokio::runtime::Handle) -> any
         warn!("test-only fault injection is enabled (--test-faults)");
     }
 
-    // Seeds are dialled with jittered exponential backoff until some member answers.
-    let mut seed_backoff = Duration::from_millis(500);
-    let mut next_seed_dial = Instant::now();
     let mut shutdown = Box::pin(shutdown_signal());
     let mut lease = LeaseWriter::new(crate::runtime::lease::lease_path(&cfg.data_dir));
     lease.renew(node.majority_lease_ms(clock.now()));
     let mut out = Vec::new();
     loop {
         let now = clock.now();
-        let mut wake = clock.instant_of(node.next_wake(now));
-        if !seeds.is_empty() && node.members().present_count() <= 1 {
-            if Instant::now() >= next_seed_dial {
-                for s in &seeds {
-                    net.dial(s.clone());
-                }
-                let jitter = rand::random_range(0..=seed_backoff.as_millis() as u64 / 2);
-                next_seed_dial = Instant::now() + seed_backoff + Duration::from_millis(jitter);
-                seed_backoff = (seed_backoff * 2).min(Duration::from_secs(30));
-            }
-            wake = wake.min(next_seed_dial);
-        } else {
-            seed_backoff = Duration::from_millis(500);
-        }
+        let wake = clock.instant_of(node.next_wake(now));
         // Local work first, then the network, then the timer; a busy network cannot starve
         // the timer, because a due tick runs after any input (below).
         let input = tokio::select! {
@@ -649,8 +634,11 @@ impl Shell {
                     }
                     self.net.publish(topic.name(), bytes);
                 }
-                Output::Send { .. } => {}
                 Output::Datagram { to, bytes } => self.net.send_datagram(to, bytes),
+                Output::Dial { addr } => match addr.parse::<Multiaddr>() {
+                    Ok(a) => self.net.dial(a),
+                    Err(e) => warn!(addr = %addr, error = %e, "seed is not a multiaddr"),
+                },
                 Output::Addresses { node: peer, addrs } => {
                     let addrs: Vec<Multiaddr> =
                         addrs.iter().filter_map(|a| a.parse().ok()).collect();

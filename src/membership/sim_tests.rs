@@ -211,7 +211,7 @@ impl Sim {
                         },
                     );
                 }
-                MemberOutput::Event(e) => self.events.push((self.now, from.clone(), e)),
+                MemberOutput::Event(e, _) => self.events.push((self.now, from.clone(), e)),
                 MemberOutput::Addresses { .. } => {}
             }
         }
@@ -630,7 +630,10 @@ fn lingering_suspicion_is_checked_and_concluded_here() {
     out.clear();
     a.tick(Millis(3 * s), &mut out);
     assert_eq!(a.member(&nid(2)).unwrap().state, MemberState::Down);
-    assert!(out.contains(&MemberOutput::Event(MemberEvent::Down(nid(2)))));
+    assert!(out.iter().any(|o| matches!(
+        o,
+        MemberOutput::Event(MemberEvent::Down(n), m) if *n == nid(2) && m.state == MemberState::Down
+    )));
     assert_eq!(a.stats().lingering_declared_down, 1);
 }
 

@@ -1,8 +1,7 @@
 //! SWIM timing: the `lan` and `wan` profiles, the overridable `SwimTuning` they produce, and
 //! its translation into `foca::Config`.
 //!
-//! Pure arithmetic on integers; the figures behind the defaults are in the profile docs and
-//! were measured with the virtual-time cluster in `sim_tests.rs`.
+//! Pure arithmetic on integers; how the defaults were measured is in docs/bench/README.md.
 
 use std::num::{NonZeroU8, NonZeroUsize};
 use std::time::Duration;
@@ -18,24 +17,14 @@ pub enum Profile {
     /// datagram loss. Parameters: probe every 300 ms, ack expected within 120 ms, 5 indirect
     /// probes, suspicion 800 ms + 100 ms per decade of fleet size (1.1 s at 1,000), each update
     /// sent 6 × (decades + 1) times (24 at 1,000), gossip every 100 ms to 4 members, a ring
-    /// watch heartbeat every 300 ms.
+    /// watch heartbeat every 300 ms. The measurements behind these numbers are in
+    /// docs/bench/README.md.
     ///
-    /// Measured in the virtual-time simulator (`sim_tests.rs`, 1–3 ms latency, 10% loss each
-    /// way), before the ring watch: crash known down everywhere p50 1.5 s / max 1.8 s (50
-    /// nodes), p50 1.8 s / max 3.0 s (300 nodes, 20 crashes), p50 1.9 s / max 2.1 s (1,000
-    /// nodes, 10 crashes); no false down in 10 minutes (20 nodes), 60 s (300 nodes) or 50 s
-    /// (1,000 nodes). With the watch, at 20 nodes: 40 crashes in a row all known down
-    /// everywhere within 1.96 s (no loss), no false down in 10 minutes at 10% loss; idle 10
-    /// datagrams and ~263 payload bytes per node per second (transport overhead not included;
-    /// the full simulator's figures with headers are in docs/bench/README.md).
-    ///
-    /// Foca's `new_lan` (probe 1 s, suspicion 4 s × log10 n) would take 5–10 s; what makes the
-    /// short suspicion safe is that the prober tells the suspect directly (8 notices over the
-    /// timeout), so refuting does not wait for cluster-wide dissemination.
+    /// What makes the short suspicion safe is that the prober tells the suspect directly (8
+    /// notices over the timeout), so refuting does not wait for cluster-wide dissemination.
     Lan,
     /// Sites far apart over slow or lossy links: probe every 2 s, ack within 800 ms, suspicion
-    /// 4 s + 2 s per decade. Measured: 20 nodes with 80 ms latency and 10% loss, a crash known
-    /// down everywhere after 9 s, no false down in 5 minutes.
+    /// 4 s + 2 s per decade.
     Wan,
 }
 

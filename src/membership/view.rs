@@ -204,7 +204,8 @@ impl Membership {
                 });
             }
             for event in transition(&node, from, to) {
-                out.push(MemberOutput::Event(event));
+                let member = self.tracked[&node].member.clone();
+                out.push(MemberOutput::Event(event, member));
             }
         }
     }
@@ -230,7 +231,10 @@ impl Membership {
                 t.member.state = MemberState::Left;
                 t.member.state_since = now;
                 self.suspects.remove(&node);
-                out.push(MemberOutput::Event(MemberEvent::Left(node)));
+                out.push(MemberOutput::Event(
+                    MemberEvent::Left(node),
+                    t.member.clone(),
+                ));
             }
         }
         for node in changed {
@@ -241,7 +245,10 @@ impl Membership {
             if node != self.me && t.member.meta.as_ref() != Some(&record.meta) {
                 t.member.meta = Some(record.meta.clone());
                 self.no_meta.remove(&node);
-                out.push(MemberOutput::Event(MemberEvent::MetaChanged(node)));
+                out.push(MemberOutput::Event(
+                    MemberEvent::MetaChanged(node),
+                    t.member.clone(),
+                ));
             }
         }
     }

@@ -496,7 +496,7 @@ async fn run_member(
                 MemberOutput::Addresses { node, addrs } => {
                     net.add_addresses(node, addrs.iter().filter_map(|a| a.parse().ok()).collect())
                 }
-                MemberOutput::Event(e) => {
+                MemberOutput::Event(e, _) => {
                     let _ = report.send((me.clone(), e, start.elapsed().as_millis() as u64));
                 }
             }

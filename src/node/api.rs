@@ -1,15 +1,22 @@
 //! The requests the local API hands to the node core and the replies it gets back.
 //!
 //! These types are the JSON contract of the HTTP API and of `-o json` in the CLI: field names of
-//! `PsEntry`, `HistoryEntry`, `NodeView` and `StatusView` are kept stable for scripts. They are
-//! plain data; the handlers that fill them live in `node/mod.rs`.
+//! `PsEntry`, `HistoryEntry`, `NodeView` and `StatusView` are kept stable for scripts.
+//!
+//! Below the types, the node's handling of each request: writes (deploy, remove, scale,
+//! rollback, drain) go out as a `Persist` then a gossip `Broadcast` before the `Reply` that
+//! acknowledges them; reads are answered from `views.rs`.
 
 use std::collections::BTreeMap;
 
+use rand::Rng;
 use serde::{Deserialize, Serialize};
 
-use crate::ids::NodeId;
+use crate::ids::{Millis, NodeId, RevisionId};
 use crate::spec::{ServiceName, ServiceSpec};
+use crate::state::{ClusterState, Crdt, Revision, RevisionBody};
+
+use super::{Node, Output};
 
 /// A command or query for the node core, from the local API.
 #[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
@@ -277,5 +284,320 @@ pub fn resolve_node<'a>(
             format!("node {given} is ambiguous ({} nodes match)", matches.len()),
             "give more characters of the id",
         )),
+    }
+}
+
+/// A deploy's revisions share a delta up to this many encoded bytes (a spec is a few hundred
+/// bytes to a few KiB), well under the 64 KiB gossip limit.
+pub const DEPLOY_DELTA_BYTES: usize = 32 * 1024;
+
+impl<R: Rng> Node<R> {
+    pub(super) fn on_api(
+        &mut self,
+        now: Millis,
+        req: ApiRequest,
+        out: &mut Vec<Output>,
+    ) -> Result<ApiReply, ApiError> {
+        match req {
+            ApiRequest::Deploy { specs } => {
+                // The revisions of one deploy go out together, in as few deltas as the gossip
+                // limit allows: a node that saw only part of a deploy would plan and bid (and
+                // reserve capacity) for that part alone, then find itself without room for the
+                // slots the whole deploy's plan gives it.
+                let mut results = Vec::new();
+                let mut delta = ClusterState::default();
+                let mut delta_bytes: usize = 0;
+                for spec in specs {
+                    let name = spec.name.clone();
+                    let current = self.state.services.get(&name).and_then(|e| e.current());
+                    if let Some(cur) = current.filter(|c| c.spec() == Some(&spec)) {
+                        results.push(WriteResult {
+                            service: name.0.to_string(),
+                            revision: cur.id.0.clone(),
+                            changed: false,
+                        });
+                        continue;
+                    }
+                    let rev = self.new_revision(now, &name, RevisionBody::Spec(spec));
+                    let bytes = postcard::experimental::serialized_size(&rev).unwrap_or(usize::MAX);
+                    if delta_bytes > 0 && delta_bytes.saturating_add(bytes) > DEPLOY_DELTA_BYTES {
+                        self.write(std::mem::take(&mut delta), out);
+                        delta_bytes = 0;
+                    }
+                    results.push(WriteResult {
+                        service: name.0.to_string(),
+                        revision: rev.id.0.clone(),
+                        changed: true,
+                    });
+                    delta.merge(&self.state.put_revision(&name, rev));
+                    delta_bytes = delta_bytes.saturating_add(bytes);
+                }
+                if delta_bytes > 0 {
+                    self.write(delta, out);
+                }
+                Ok(ApiReply::Written(results))
+            }
+            ApiRequest::Remove { service } => {
+                self.live(&service)?;
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Deleted,
+                    out,
+                )]))
+            }
+            ApiRequest::Scale { service, replicas } => {
+                let mut spec = self.live(&service)?.clone();
+                if replicas > crate::spec::MAX_REPLICAS {
+                    return Err(ApiError::invalid(
+                        format!(
+                            "replicas {replicas} is more than {}",
+                            crate::spec::MAX_REPLICAS
+                        ),
+                        format!("use at most {} replicas", crate::spec::MAX_REPLICAS),
+                    ));
+                }
+                if spec.replicas == replicas {
+                    let cur = self.state.services[&service]
+                        .current()
+                        .expect("live service has a revision");
+                    return Ok(ApiReply::Written(vec![WriteResult {
+                        service: service.0.to_string(),
+                        revision: cur.id.0.clone(),
+                        changed: false,
+                    }]));
+                }
+                spec.replicas = replicas;
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Spec(spec),
+                    out,
+                )]))
+            }
+            ApiRequest::Rollback { service, to } => {
+                let entry = self
+                    .state
+                    .services
+                    .get(&service)
+                    .ok_or_else(|| unknown_service(&service))?;
+                let current = entry.current().expect("entries are never empty");
+                let target = match &to {
+                    Some(to) => find_revision(entry.history.values(), to)?,
+                    None => entry
+                        .history
+                        .values()
+                        .rev()
+                        .skip(1)
+                        .find(|r| r.spec().is_some() && r.spec() != current.spec())
+                        .ok_or_else(|| {
+                            ApiError::not_found(
+                                format!(
+                                    "service {service} has no earlier revision to roll back to"
+                                ),
+                                format!("see `shoal history {service}`"),
+                            )
+                        })?,
+                };
+                let Some(spec) = target.spec().cloned() else {
+                    return Err(ApiError::invalid(
+                        format!("revision {} of {service} is a removal", target.id),
+                        "roll back to a revision that has a spec",
+                    ));
+                };
+                Ok(ApiReply::Written(vec![self.write_revision(
+                    now,
+                    &service,
+                    RevisionBody::Spec(spec),
+                    out,
+                )]))
+            }
+            ApiRequest::History { service } => {
+                let entry = self
+                    .state
+                    .services
+                    .get(&service)
+                    .ok_or_else(|| unknown_service(&service))?;
+                let current = entry.current().map(|r| r.stamp.clone());
+                Ok(ApiReply::History(
+                    entry
+                        .history
+                        .values()
+                        .rev()
+                        .map(|r| HistoryEntry {
+                            revision: r.id.0.clone(),
+                            written_by: r.stamp.node.0.to_string(),
+                            written_at: r.stamp.wall_ms,
+                            current: Some(&r.stamp) == current.as_ref(),
+                            deleted: r.spec().is_none(),
+                            spec: r.spec().cloned(),
+                        })
+                        .collect(),
+                ))
+            }
+            ApiRequest::Ps { service } => {
+                if let Some(s) = &service {
+                    self.state
+                        .services
+                        .get(s)
+                        .ok_or_else(|| unknown_service(s))?;
+                }
+                Ok(ApiReply::Ps(self.ps(now, service.as_ref())))
+            }
+            ApiRequest::Status => Ok(ApiReply::Status(Box::new(self.status(now)))),
+            ApiRequest::Nodes => Ok(ApiReply::Nodes(self.nodes(now))),
+            ApiRequest::TestFaults(_) => Err(ApiError::invalid(
+                "fault injection is off on this agent",
+                "start the agent with --test-faults (test clusters only)",
+            )),
+            ApiRequest::Drain { node, on } => {
+                let target = match node {
+                    None => self.cfg.id.clone(),
+                    Some(n) => {
+                        let known: Vec<NodeId> = std::iter::once(self.cfg.id.clone())
+                            .chain(self.members.peers().keys().cloned())
+                            .collect();
+                        resolve_node(&n, known.iter())?
+                    }
+                };
+                let stamp = self.clock.stamp(now);
+                let changed = self.state.draining(&target) != on;
+                if changed {
+                    let delta = self.state.put_drain(&target, stamp, on);
+                    self.write(delta, out);
+                }
+                Ok(ApiReply::Written(vec![WriteResult {
+                    service: String::new(),
+                    revision: target.0.to_string(),
+                    changed,
+                }]))
+            }
+        }
+    }
+
+    fn new_revision(&mut self, now: Millis, name: &ServiceName, body: RevisionBody) -> Revision {
+        let seq = self
+            .state
+            .services
+            .get(name)
+            .and_then(|e| e.current())
+            .map_or(0, |r| r.id.seq())
+            + 1;
+        let stamp = self.clock.stamp(now);
+        let bytes = postcard::to_stdvec(&stamp).expect("in-memory encoding cannot fail");
+        let tag = xxhash_rust::xxh3::xxh3_64(&bytes) & 0xffff;
+        Revision {
+            id: RevisionId(format!("{seq}.{tag:04x}")),
+            stamp,
+            body,
+        }
+    }
+
+    fn write_revision(
+        &mut self,
+        now: Millis,
+        name: &ServiceName,
+        body: RevisionBody,
+        out: &mut Vec<Output>,
+    ) -> WriteResult {
+        let rev = self.new_revision(now, name, body);
+        let id = rev.id.0.clone();
+        let delta = self.state.put_revision(name, rev);
+        self.write(delta, out);
+        WriteResult {
+            service: name.0.to_string(),
+            revision: id,
+            changed: true,
+        }
+    }
+
+    fn live(&self, service: &ServiceName) -> Result<&ServiceSpec, ApiError> {
+        self.state
+            .live_spec(service)
+            .ok_or_else(|| unknown_service(service))
+    }
+}
+
+fn unknown_service(s: &ServiceName) -> ApiError {
+    ApiError::not_found(
+        format!("no service {s}"),
+        "see `shoal ps` for the services deployed",
+    )
+}
+
+fn find_revision<'a>(
+    revs: impl Iterator<Item = &'a Revision>,
+    to: &str,
+) -> Result<&'a Revision, ApiError> {
+    let revs: Vec<&Revision> = revs.collect();
+    if let Some(r) = revs.iter().find(|r| r.id.0 == to) {
+        return Ok(r);
+    }
+    let by_seq: Vec<&&Revision> = revs
+        .iter()
+        .filter(|r| r.id.0.split('.').next() == Some(to))
+        .collect();
+    match by_seq.as_slice() {
+        [one] => Ok(one),
+        [] => Err(ApiError::not_found(
+            format!("no revision {to} in the last {} revisions", revs.len()),
+            "see `shoal history SERVICE` for revision ids",
+        )),
+        many => Err(ApiError::invalid(
+            format!(
+                "revision {to} is ambiguous: {}",
+                many.iter()
+                    .map(|r| r.id.0.as_str())
+                    .collect::<Vec<_>>()
+                    .join(", ")
+            ),
+            "give the full revision id",
+        )),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::state::Hlc;
+
+    fn rev(id: &str, wall_ms: u64) -> Revision {
+        Revision {
+            id: RevisionId(id.into()),
+            stamp: Hlc {
+                wall_ms,
+                logical: 0,
+                node: NodeId("a".into()),
+            },
+            body: RevisionBody::Deleted,
+        }
+    }
+
+    #[test]
+    fn a_revision_is_found_by_its_id_or_its_unambiguous_sequence_number() {
+        let revs = [rev("1.aaaa", 1), rev("2.bbbb", 2), rev("2.cccc", 3)];
+        assert_eq!(find_revision(revs.iter(), "1").unwrap().id.0, "1.aaaa");
+        assert_eq!(find_revision(revs.iter(), "2.cccc").unwrap().id.0, "2.cccc");
+        let ambiguous = find_revision(revs.iter(), "2").unwrap_err();
+        assert_eq!(ambiguous.kind, ApiErrorKind::Invalid);
+        assert!(
+            ambiguous.error.contains("2.bbbb, 2.cccc"),
+            "{}",
+            ambiguous.error
+        );
+        let missing = find_revision(revs.iter(), "9").unwrap_err();
+        assert_eq!(missing.kind, ApiErrorKind::NotFound);
+    }
+
+    #[test]
+    fn a_node_is_named_by_its_id_a_prefix_of_it_or_its_short_form() {
+        let ids = [
+            NodeId("12D3KooWAbcdefghijklmnop".into()),
+            NodeId("12D3KooWXyz".into()),
+        ];
+        let found = resolve_node("Abcdef", ids.iter()).unwrap();
+        assert_eq!(found, ids[0]);
+        assert_eq!(resolve_node("12D3KooWXyz", ids.iter()).unwrap(), ids[1]);
+        assert!(resolve_node("nobody", ids.iter()).is_err());
     }
 }

@@ -6,35 +6,9 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use serde::{Deserialize, Serialize};
-
 use crate::ids::{Millis, NodeId};
-use crate::membership::NodeMeta;
+use crate::membership::{Member, MemberState, NodeMeta};
 use crate::spec::{DriverKind, Resources};
-
-#[derive(Clone, Copy, Debug, PartialEq, Eq, PartialOrd, Ord, Hash, Serialize, Deserialize)]
-pub enum PeerState {
-    Alive,
-    Suspect,
-    Down,
-    Left,
-}
-
-impl PeerState {
-    pub fn as_str(self) -> &'static str {
-        match self {
-            PeerState::Alive => "alive",
-            PeerState::Suspect => "suspect",
-            PeerState::Down => "down",
-            PeerState::Left => "left",
-        }
-    }
-
-    /// Whether the peer counts as present for placement (a suspect still owns its slots).
-    pub fn present(self) -> bool {
-        matches!(self, PeerState::Alive | PeerState::Suspect)
-    }
-}
 
 /// What a node advertises about itself (gossiped with membership, versioned): the record
 /// membership holds, shared (one copy per member per node, however many views read it: in a
@@ -90,22 +64,14 @@ impl PeerMeta {
     }
 }
 
+/// A peer as this node's core sees it: membership's view of it, and since when.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct Peer {
-    pub state: PeerState,
+    pub state: MemberState,
     pub incarnation: u64,
     pub meta: Option<PeerMeta>,
     pub since: Millis,
     pub last_heard: Millis,
-}
-
-/// A change reported by membership.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct PeerUpdate {
-    pub node: NodeId,
-    pub state: PeerState,
-    pub incarnation: u64,
-    pub meta: Option<PeerMeta>,
 }
 
 /// Every peer this node has heard of (itself excluded).
@@ -126,52 +92,54 @@ impl Members {
         &self.peers
     }
 
-    fn count(&mut self, state: PeerState, add: bool) {
+    fn count(&mut self, state: MemberState, add: bool) {
         let step = |n: &mut usize| {
             if add { *n += 1 } else { *n -= 1 }
         };
-        if state.present() {
+        if state.is_active() {
             step(&mut self.present);
         }
-        if state != PeerState::Left {
+        if state != MemberState::Left {
             step(&mut self.not_left);
         }
     }
 
-    /// Applies an update; returns true if the state or metadata changed.
-    pub fn apply(&mut self, now: Millis, u: PeerUpdate) -> bool {
-        let before = match self.peers.get(&u.node) {
-            Some(p) if u.incarnation < p.incarnation => return false,
+    /// Takes a member as membership reports it in; returns true if its state, life or
+    /// metadata changed. An older life than the one known is ignored.
+    pub fn apply(&mut self, now: Millis, m: &Member) -> bool {
+        let before = match self.peers.get(&m.id) {
+            Some(p) if m.incarnation < p.incarnation => return false,
             Some(p) => Some(p.state),
             None => None,
         };
         if let Some(state) = before {
             self.count(state, false);
         }
-        self.count(u.state, true);
-        match self.peers.get_mut(&u.node) {
+        self.count(m.state, true);
+        let meta = m.meta.clone().map(PeerMeta::from_advertised);
+        match self.peers.get_mut(&m.id) {
             Some(p) => {
-                let changed = p.state != u.state
-                    || (u.meta.is_some() && u.meta != p.meta)
-                    || p.incarnation != u.incarnation;
-                if p.state != u.state {
+                let changed = p.state != m.state
+                    || (meta.is_some() && meta != p.meta)
+                    || p.incarnation != m.incarnation;
+                if p.state != m.state {
                     p.since = now;
                 }
-                p.state = u.state;
-                p.incarnation = u.incarnation;
-                if u.meta.is_some() {
-                    p.meta = u.meta;
+                p.state = m.state;
+                p.incarnation = m.incarnation;
+                if meta.is_some() {
+                    p.meta = meta;
                 }
                 p.last_heard = now;
                 changed
             }
             None => {
                 self.peers.insert(
-                    u.node,
+                    m.id.clone(),
                     Peer {
-                        state: u.state,
-                        incarnation: u.incarnation,
-                        meta: u.meta,
+                        state: m.state,
+                        incarnation: m.incarnation,
+                        meta,
                         since: now,
                         last_heard: now,
                     },
@@ -181,13 +149,13 @@ impl Members {
         }
     }
 
-    pub fn state(&self, node: &NodeId) -> Option<PeerState> {
+    pub fn state(&self, node: &NodeId) -> Option<MemberState> {
         self.peers.get(node).map(|p| p.state)
     }
 
     /// Present peers (alive or suspect), self excluded.
     pub fn present(&self) -> impl Iterator<Item = (&NodeId, &Peer)> {
-        self.peers.iter().filter(|(_, p)| p.state.present())
+        self.peers.iter().filter(|(_, p)| p.state.is_active())
     }
 
     /// Present members including self.
@@ -213,12 +181,16 @@ impl Members {
 mod tests {
     use super::*;
 
-    fn update(node: &str, state: PeerState, incarnation: u64) -> PeerUpdate {
-        PeerUpdate {
-            node: NodeId(node.into()),
-            state,
+    /// A member as membership would report it.
+    pub(crate) fn member(node: &str, state: MemberState, incarnation: u64) -> Member {
+        Member {
+            id: NodeId(node.into()),
             incarnation,
+            state,
             meta: None,
+            addrs: Vec::new().into(),
+            last_heard: Millis(0),
+            state_since: Millis(0),
         }
     }
 
@@ -236,23 +208,23 @@ mod tests {
 
     #[test]
     fn counts_follow_every_transition_and_ignore_stale_lives() {
-        use PeerState::*;
+        use MemberState::*;
         let mut m = Members::default();
         let steps = [
-            update("a", Alive, 1),
-            update("b", Suspect, 1),
-            update("c", Down, 1),
-            update("a", Suspect, 1),
-            update("b", Down, 1),
-            update("c", Left, 1),
-            update("c", Alive, 0), // an older life: ignored
-            update("b", Alive, 2),
-            update("d", Left, 3),
-            update("a", Left, 1),
+            member("a", Alive, 1),
+            member("b", Suspect, 1),
+            member("c", Down, 1),
+            member("a", Suspect, 1),
+            member("b", Down, 1),
+            member("c", Left, 1),
+            member("c", Alive, 0), // an older life: ignored
+            member("b", Alive, 2),
+            member("d", Left, 3),
+            member("a", Left, 1),
         ];
         for (k, u) in steps.into_iter().enumerate() {
-            m.apply(Millis(k as u64), u);
-            let present = m.peers().values().filter(|p| p.state.present()).count();
+            m.apply(Millis(k as u64), &u);
+            let present = m.peers().values().filter(|p| p.state.is_active()).count();
             let known = m.peers().values().filter(|p| p.state != Left).count();
             assert_eq!(m.present_count(), 1 + present, "step {k}");
             assert_eq!(m.stable_size(), 1 + known, "step {k}");

@@ -14,13 +14,22 @@
 //! ```
 //!
 //! Transfers are bounded: `entries_in` stops at a byte budget and says whether it was complete;
-//! what did not fit is repaired by the next round. Sans-IO: no clock, no IO.
+//! what did not fit is repaired by the next round.
+//!
+//! `AntiEntropy` is the node's part that runs these exchanges: with whom, when (one random
+//! present peer every `sync_interval_ms`, a member that appears), one at a time per peer, and
+//! the bookkeeping of each. It never merges: it hands the node what to merge. Sans-IO: no
+//! clock, no IO; randomness comes in as a parameter.
 
-use std::collections::BTreeSet;
+use std::collections::{BTreeMap, BTreeSet};
 
+use rand::{Rng, RngExt};
 use serde::{Deserialize, Serialize};
 
+use crate::ids::{Millis, NodeId};
 use crate::state::ClusterState;
+
+use super::Output;
 
 /// Buckets per digest: 64 × 8 bytes = 512 bytes per digest.
 pub const BUCKETS: usize = 64;
@@ -223,6 +232,206 @@ pub fn entries_in(
     (out, complete)
 }
 
+/// An exchange that has not finished within this long is forgotten (the peer may be gone).
+pub const SYNC_TIMEOUT_MS: u64 = 10_000;
+
+/// At most one sync started because a member appeared for the first time, per this many
+/// milliseconds (a member that reappears is always synced with at once).
+pub const UP_SYNC_INTERVAL_MS: u64 = 1_000;
+
+/// The anti-entropy exchanges of one node: the per-peer state of each round.
+#[derive(Clone, Debug, Default)]
+pub struct AntiEntropy {
+    interval_ms: u64,
+    /// When each peer last finished an exchange with this node (`shoal status`).
+    last_sync: BTreeMap<NodeId, Millis>,
+    next_sync: Millis,
+    /// Exchanges in flight, by peer (one at a time per peer).
+    syncing: BTreeMap<NodeId, Millis>,
+    /// Peers whose last answer did not fit in one message: synced again at once.
+    sync_more: BTreeSet<NodeId>,
+    /// When this node last started a sync because a member appeared: at most one per
+    /// `UP_SYNC_INTERVAL_MS` (see `member_up`).
+    last_up_sync: Option<Millis>,
+}
+
+/// What the node does after an answer to one of its requests, once it has merged the entries
+/// that came with it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum Next {
+    /// Nothing more in this round.
+    Done,
+    /// Push this node's entries in these buckets to the peer.
+    Push(BTreeSet<usize>),
+    /// The peer had more than fitted: start another round with it at once.
+    Again,
+    /// A request sent as an answer: a confused or hostile peer.
+    Rejected,
+}
+
+impl AntiEntropy {
+    pub fn new(interval_ms: u64) -> AntiEntropy {
+        AntiEntropy {
+            interval_ms,
+            ..AntiEntropy::default()
+        }
+    }
+
+    /// When each peer last finished an exchange with this node.
+    pub fn last_sync(&self) -> &BTreeMap<NodeId, Millis> {
+        &self.last_sync
+    }
+
+    /// Starts an exchange with `to` unless one is already in flight.
+    pub fn start(&mut self, now: Millis, to: NodeId, state: &ClusterState, out: &mut Vec<Output>) {
+        if self
+            .syncing
+            .get(&to)
+            .is_some_and(|t| now.since(*t) < SYNC_TIMEOUT_MS)
+        {
+            return;
+        }
+        self.syncing.insert(to.clone(), now);
+        out.push(Output::SyncRequest {
+            to,
+            msg: SyncMsg::Digest(digest(state)),
+        });
+    }
+
+    /// A member came up. One that reappears (back from down, or a new life; `known`) gets our
+    /// whole state at once: that is how the two sides of a healed partition converge within
+    /// seconds. A member seen for the first time (a joiner) gets it only if no such exchange
+    /// started in the last `UP_SYNC_INTERVAL_MS`: one brings a newcomer the fleet's state, and
+    /// one per joiner would make every node of a fleet that starts together sync with every
+    /// other (n² full exchanges). Periodic sync covers the rest.
+    pub fn member_up(
+        &mut self,
+        now: Millis,
+        id: &NodeId,
+        known: bool,
+        state: &ClusterState,
+        out: &mut Vec<Output>,
+    ) {
+        if known
+            || self
+                .last_up_sync
+                .is_none_or(|t| now.since(t) >= UP_SYNC_INTERVAL_MS)
+        {
+            self.last_up_sync = Some(now);
+            self.start(now, id.clone(), state, out);
+        }
+    }
+
+    /// One exchange with a random present peer every `interval_ms` (jittered so that nodes
+    /// started together do not sync in lockstep); forgets exchanges that never finished.
+    pub fn periodic<R: Rng>(
+        &mut self,
+        now: Millis,
+        present: &[NodeId],
+        state: &ClusterState,
+        rng: &mut R,
+        out: &mut Vec<Output>,
+    ) {
+        self.syncing.retain(|_, t| now.since(*t) < SYNC_TIMEOUT_MS);
+        let syncing = &self.syncing;
+        self.sync_more.retain(|n| syncing.contains_key(n));
+        if now < self.next_sync {
+            return;
+        }
+        let interval = self.interval_ms;
+        self.next_sync = now.plus(interval / 2 + rng.random_range(0..=interval));
+        if present.is_empty() {
+            return;
+        }
+        let pick = present[rng.random_range(0..present.len())].clone();
+        self.start(now, pick, state, out);
+    }
+
+    /// Answers a peer's request. Returns the answer, and the entries to merge (a push).
+    /// `None` as the answer's companion and `Ack` to a response sent as a request, which the
+    /// caller counts as rejected (`true`).
+    pub fn answer<R: Rng>(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        msg: SyncMsg,
+        state: &ClusterState,
+        rng: &mut R,
+    ) -> (SyncMsg, Option<ClusterState>, bool) {
+        match msg {
+            SyncMsg::Digest(theirs) => {
+                let d = differing(&digest(state), &theirs);
+                let start = rng.random_range(0..usize::MAX);
+                let (entries, complete) = entries_in(state, &d, MAX_SYNC_ENTRY_BYTES, start);
+                let reply = SyncMsg::Entries {
+                    state: entries,
+                    differing: d.into_iter().map(|b| b as u16).collect(),
+                    complete,
+                };
+                (reply, None, false)
+            }
+            SyncMsg::Push(pushed) => {
+                self.last_sync.insert(from.clone(), now);
+                (SyncMsg::Ack, Some(pushed), false)
+            }
+            SyncMsg::Entries { .. } | SyncMsg::Ack => (SyncMsg::Ack, None, true),
+        }
+    }
+
+    /// Takes a peer's answer to our request in: the entries to merge, and what to do next.
+    pub fn on_answer(
+        &mut self,
+        now: Millis,
+        from: &NodeId,
+        msg: SyncMsg,
+    ) -> (Option<ClusterState>, Next) {
+        match msg {
+            SyncMsg::Entries {
+                state,
+                differing,
+                complete,
+            } => {
+                if !complete {
+                    // More to come: another round right after this one's push is acknowledged.
+                    self.sync_more.insert(from.clone());
+                }
+                let buckets: BTreeSet<usize> = differing
+                    .into_iter()
+                    .map(usize::from)
+                    .filter(|b| *b < BUCKETS)
+                    .collect();
+                if buckets.is_empty() {
+                    self.syncing.remove(from);
+                    self.last_sync.insert(from.clone(), now);
+                    return (Some(state), Next::Done);
+                }
+                (Some(state), Next::Push(buckets))
+            }
+            SyncMsg::Ack => {
+                self.syncing.remove(from);
+                self.last_sync.insert(from.clone(), now);
+                if self.sync_more.remove(from) {
+                    (None, Next::Again)
+                } else {
+                    (None, Next::Done)
+                }
+            }
+            SyncMsg::Digest(_) | SyncMsg::Push(_) => {
+                self.syncing.remove(from);
+                self.sync_more.remove(from);
+                (None, Next::Rejected)
+            }
+        }
+    }
+}
+
+/// This node's entries in `buckets`, from a random start (see `entries_in`), as a push.
+pub fn push<R: Rng>(state: &ClusterState, buckets: &BTreeSet<usize>, rng: &mut R) -> SyncMsg {
+    let start = rng.random_range(0..usize::MAX);
+    let (mine, _) = entries_in(state, buckets, MAX_SYNC_ENTRY_BYTES, start);
+    SyncMsg::Push(mine)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -329,5 +538,79 @@ mod tests {
         // Not even one bucket fits whole: partial rounds from random starts still get there.
         let rounds = rounds_until_equal(&s, total / 200);
         assert!(rounds < 2_000);
+    }
+
+    fn peer(n: &str) -> NodeId {
+        NodeId(n.into())
+    }
+
+    #[test]
+    fn one_exchange_at_a_time_per_peer_until_it_times_out() {
+        let mut ae = AntiEntropy::new(5_000);
+        let s = with_services(2, "a");
+        let mut out = Vec::new();
+        ae.start(Millis(0), peer("b"), &s, &mut out);
+        ae.start(Millis(9_999), peer("b"), &s, &mut out);
+        assert_eq!(out.len(), 1);
+        ae.start(Millis(10_000), peer("b"), &s, &mut out);
+        assert_eq!(out.len(), 2);
+        assert!(
+            matches!(&out[0], Output::SyncRequest { to, msg: SyncMsg::Digest(_) } if *to == peer("b"))
+        );
+    }
+
+    #[test]
+    fn a_full_round_pushes_the_differing_buckets_and_records_the_peer() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let a_state = with_services(4, "a");
+        let b_state = with_services(3, "b");
+        let (mut a, mut b) = (AntiEntropy::new(5_000), AntiEntropy::new(5_000));
+        let mut out = Vec::new();
+        a.start(Millis(0), peer("b"), &a_state, &mut out);
+        let Some(Output::SyncRequest { msg, .. }) = out.pop() else {
+            panic!("a digest request")
+        };
+        let (answer, merge, rejected) = b.answer(Millis(1), &peer("a"), msg, &b_state, &mut rng);
+        assert!(merge.is_none() && !rejected);
+        let (entries, next) = a.on_answer(Millis(2), &peer("b"), answer);
+        assert!(!entries.expect("entries").services.is_empty());
+        let Next::Push(buckets) = next else {
+            panic!("a push")
+        };
+        let pushed = push(&a_state, &buckets, &mut rng);
+        let (ack, merge, _) = b.answer(Millis(3), &peer("a"), pushed, &b_state, &mut rng);
+        assert!(!merge.expect("pushed entries").services.is_empty());
+        assert_eq!(b.last_sync().get(&peer("a")), Some(&Millis(3)));
+        assert_eq!(a.on_answer(Millis(4), &peer("b"), ack), (None, Next::Done));
+        assert_eq!(a.last_sync().get(&peer("b")), Some(&Millis(4)));
+    }
+
+    #[test]
+    fn requests_sent_as_answers_and_answers_sent_as_requests_are_rejected() {
+        let mut rng = <rand::rngs::StdRng as rand::SeedableRng>::seed_from_u64(1);
+        let s = with_services(1, "a");
+        let mut ae = AntiEntropy::new(5_000);
+        assert!(
+            ae.answer(Millis(0), &peer("b"), SyncMsg::Ack, &s, &mut rng)
+                .2
+        );
+        let (merge, next) = ae.on_answer(Millis(0), &peer("b"), SyncMsg::Push(s.clone()));
+        assert!(merge.is_none());
+        assert_eq!(next, Next::Rejected);
+    }
+
+    #[test]
+    fn joiners_trigger_at_most_one_sync_per_interval_but_a_returning_member_always_does() {
+        let s = with_services(1, "a");
+        let mut ae = AntiEntropy::new(5_000);
+        let mut out = Vec::new();
+        ae.member_up(Millis(0), &peer("b"), false, &s, &mut out);
+        ae.member_up(Millis(10), &peer("c"), false, &s, &mut out);
+        assert_eq!(out.len(), 1);
+        ae.member_up(Millis(20), &peer("d"), true, &s, &mut out);
+        ae.member_up(Millis(1_000), &peer("e"), false, &s, &mut out);
+        assert_eq!(out.len(), 2, "the returning member reset the interval");
+        ae.member_up(Millis(1_020), &peer("f"), false, &s, &mut out);
+        assert_eq!(out.len(), 3);
     }
 }

@@ -1,8 +1,15 @@
 //! Core state machine tests: feed inputs, assert the exact outputs.
 
 use super::*;
+use std::collections::BTreeMap;
+
+use crate::ids::RevisionId;
+use crate::membership::{MemberEvent, MemberState};
+use crate::runtime::Handle;
 use crate::runtime::{ExitInfo, Observed, ObservedStatus};
+use crate::spec::{DriverKind, ServiceSpec};
 use crate::spec::{RestartMode, ServiceName, Workload};
+use crate::state::{Revision, RevisionBody};
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 
@@ -20,7 +27,8 @@ fn cfg(id: &str) -> NodeConfig {
         agent_version: "test".into(),
         timing: CoreTiming::lan(),
         addrs: vec![],
-        swim: None,
+        seeds: vec![],
+        swim: crate::membership::Profile::Lan.tuning(3),
         bugs: TestBugs::default(),
     }
 }
@@ -29,7 +37,7 @@ fn node(id: &str) -> Node<StdRng> {
     Node::new(cfg(id), ClusterState::default(), StdRng::seed_from_u64(7)).unwrap()
 }
 
-fn web(replicas: u32) -> ServiceSpec {
+pub(super) fn web(replicas: u32) -> ServiceSpec {
     crate::state::cluster::tests::spec("web", replicas)
 }
 
@@ -48,7 +56,7 @@ fn key(s: &str, i: u32, epoch: u64) -> InstanceKey {
     }
 }
 
-fn api(n: &mut Node<StdRng>, now: u64, req: ApiRequest) -> Vec<Output> {
+pub(super) fn api(n: &mut Node<StdRng>, now: u64, req: ApiRequest) -> Vec<Output> {
     let mut out = Vec::new();
     n.handle(Millis(now), Input::Api { id: 1, req }, &mut out);
     out
@@ -120,7 +128,7 @@ fn started(n: &mut Node<StdRng>, now: u64, k: InstanceKey) -> Vec<Output> {
 }
 
 /// A fresh node that has listed an empty runtime.
-fn ready(id: &str) -> Node<StdRng> {
+pub(super) fn ready(id: &str) -> Node<StdRng> {
     let mut n = node(id);
     let out = input(&mut n, 0, Input::Tick);
     // It lists its runtime first, and announces its (empty) report.
@@ -636,24 +644,45 @@ fn deliver(out: &[Output], from: &str, to: &mut Node<StdRng>, now: u64) -> Vec<O
     next
 }
 
-fn alive(n: &mut Node<StdRng>, peer: &str, now: u64) {
+/// Membership reports `peer` in `state` (with the metadata of a node like `cfg(peer)`): the
+/// event goes through the same path as one from SWIM, then the node flushes.
+pub(super) fn member(
+    n: &mut Node<StdRng>,
+    peer: &str,
+    state: MemberState,
+    now: u64,
+) -> Vec<Output> {
     let c = cfg(peer);
-    let meta = PeerMeta::from_advertised(Arc::new(NodeMeta {
+    let meta = Arc::new(NodeMeta {
         cpu_millis: c.capacity.cpu_millis,
         memory_bytes: c.capacity.memory_bytes,
         runtimes: c.runtimes.into_iter().collect(),
         ..Default::default()
-    }));
-    input(
-        n,
-        now,
-        Input::Peer(PeerUpdate {
-            node: NodeId(peer.into()),
-            state: PeerState::Alive,
-            incarnation: 1,
-            meta: Some(meta),
-        }),
-    );
+    });
+    let id = NodeId(peer.into());
+    let m = crate::membership::Member {
+        id: id.clone(),
+        incarnation: 1,
+        state,
+        meta: (state == MemberState::Alive).then_some(meta),
+        addrs: Vec::new().into(),
+        last_heard: Millis(now),
+        state_since: Millis(now),
+    };
+    let ev = match state {
+        MemberState::Alive => MemberEvent::Up(id),
+        MemberState::Suspect => MemberEvent::Suspect(id),
+        MemberState::Down => MemberEvent::Down(id),
+        MemberState::Left => MemberEvent::Left(id),
+    };
+    let mut out = Vec::new();
+    n.on_member_event(Millis(now), &ev, &m, &mut out);
+    n.flush(Millis(now), &mut out);
+    out
+}
+
+fn alive(n: &mut Node<StdRng>, peer: &str, now: u64) {
+    member(n, peer, MemberState::Alive, now);
 }
 
 #[test]
@@ -729,16 +758,7 @@ fn a_down_nodes_slots_are_re_placed_at_the_next_epoch() {
     );
     alive(&mut a, "b", 0);
     assert!(starts(&input(&mut a, 100, Input::Tick)).is_empty());
-    let out = input(
-        &mut a,
-        200,
-        Input::Peer(PeerUpdate {
-            node: NodeId("b".into()),
-            state: PeerState::Down,
-            incarnation: 1,
-            meta: None,
-        }),
-    );
+    let out = member(&mut a, "b", MemberState::Down, 200);
     assert_eq!(starts(&out), vec![key("web", 0, 4)]);
 }
 
@@ -897,4 +917,18 @@ fn a_deploy_of_several_services_goes_out_as_one_delta_within_the_gossip_limit() 
     assert!(d.len() > 1, "{d:?}");
     assert_eq!(d.iter().map(|d| d.0).sum::<usize>(), 40);
     assert!(d.iter().all(|(_, len)| *len <= 64 * 1024), "{d:?}");
+}
+
+#[test]
+fn a_lone_node_dials_its_seeds_until_a_member_answers() {
+    let seed = "/ip4/127.0.0.1/tcp/7801".to_string();
+    let mut c = cfg("a");
+    c.seeds = vec![seed.clone()];
+    let mut n = Node::new(c, ClusterState::default(), StdRng::seed_from_u64(7)).unwrap();
+    let out = input(&mut n, 0, Input::Tick);
+    assert!(out.contains(&Output::Dial { addr: seed }));
+    assert!(n.next_wake(Millis(0)) <= Millis(750));
+    member(&mut n, "b", MemberState::Alive, 1);
+    let out = input(&mut n, 60_000, Input::Tick);
+    assert!(!out.iter().any(|o| matches!(o, Output::Dial { .. })));
 }

@@ -11,7 +11,7 @@
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 
-use crate::ids::{InstanceKey, Millis, NodeId, SlotId};
+use crate::ids::{InstanceKey, Millis, SlotId};
 use crate::runtime::{
     ExitInfo, Handle, InstanceSpec, Observed, ObservedStatus, RuntimeCommand, RuntimeEvent,
 };
@@ -147,12 +147,8 @@ pub enum Effect {
     Release(SlotId),
 }
 
-/// Identity used to build instance specs.
-#[derive(Clone, Debug, PartialEq, Eq)]
-pub struct Owner {
-    pub cluster: String,
-    pub node: NodeId,
-}
+/// Identity used to build instance specs: the runtime's own (one definition, in `runtime/`).
+pub use crate::runtime::Owner;
 
 /// The reconciler of one node.
 #[derive(Clone, Debug)]

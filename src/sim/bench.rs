@@ -26,7 +26,7 @@ pub use packing::{PackingFigures, binpack_workload, measure_binpack};
 pub use placement::{PlacementFigures, measure_placement};
 pub use report::Report;
 
-use crate::node::PeerState;
+use crate::membership::MemberState;
 
 use super::{Sim, SimConfig, nid};
 
@@ -63,7 +63,12 @@ fn known_dead_at_99(sim: &Sim, victim: &crate::ids::NodeId) -> bool {
     let (mut live, mut knows) = (0, 0);
     for (_, node) in sim.up() {
         live += 1;
-        knows += usize::from(!node.members().state(victim).is_some_and(PeerState::present));
+        knows += usize::from(
+            !node
+                .members()
+                .state(victim)
+                .is_some_and(MemberState::is_active),
+        );
     }
     knows * 100 >= live * 99
 }
@@ -78,7 +83,7 @@ fn false_deaths_at_10pct_loss(sim: &mut Sim) -> usize {
         sim.run_for(1_000);
         for (_, node) in sim.up() {
             for &j in &before {
-                if node.members().state(&nid(j)) == Some(PeerState::Down) {
+                if node.members().state(&nid(j)) == Some(MemberState::Down) {
                     dead.insert(j);
                 }
             }

@@ -156,8 +156,6 @@ enum Event {
     Tick(usize),
     /// Every node's gossipsub heartbeat (`Gossip::Mesh` only).
     MeshHeartbeat,
-    /// The transport of node `.0` (incarnation `.1`) dials its seeds.
-    Dial(usize, u64),
     Runtime {
         node: usize,
         boot: u64,
@@ -184,9 +182,6 @@ pub struct SimNode {
     pub paused: bool,
     inbox: Vec<Input>,
     tick_at: Option<Millis>,
-    /// Seeds the transport dials while the node knows no peer, and the current backoff.
-    seeds: Vec<usize>,
-    dial_backoff_ms: u64,
     /// CPU time (this thread's, so time the OS gave to other processes is not counted) this
     /// node's core has spent handling inputs and flushing: what the same work would cost a
     /// real agent's CPU (the simulator does not charge it to virtual time). A measurement only;
@@ -264,14 +259,12 @@ impl Sim {
         let nodes = (0..cfg.nodes)
             .map(|i| SimNode {
                 node: None,
-                cfg: node_config(&cfg, i, 0),
+                cfg: node_config(&cfg, i, 0, &[]),
                 disk: ClusterState::default(),
                 runtime: SimRuntime::default(),
                 paused: false,
                 inbox: Vec::new(),
                 tick_at: None,
-                seeds: Vec::new(),
-                dial_backoff_ms: 0,
                 core_cpu: std::time::Duration::ZERO,
                 down_at: None,
                 first_swim_after_down: None,
@@ -317,13 +310,14 @@ impl Sim {
         }
     }
 
-    /// Starts (or restarts) node `i`'s agent from its disk with the next incarnation. Like the
-    /// agent, its transport dials `seeds` (with backoff from 500 ms, doubling up to 30 s, plus
-    /// jitter) while the node knows no peer; a reachable seed makes it announce.
+    /// Starts (or restarts) node `i`'s agent from its disk with the next incarnation, joining
+    /// through `seeds`: the core dials them (`Output::Dial`) while it knows no peer, and a
+    /// reachable seed makes it announce.
     pub fn boot(&mut self, i: usize, seeds: Vec<usize>) {
         assert!(!self.nodes[i].up(), "node {i} is already up");
         let incarnation = self.nodes[i].cfg.incarnation + 1;
-        let cfg = node_config(&self.cfg, i, incarnation);
+        let seeds: Vec<usize> = seeds.into_iter().filter(|s| *s != i).collect();
+        let cfg = node_config(&self.cfg, i, incarnation, &seeds);
         let rng = StdRng::seed_from_u64(mix(self.cfg.seed, i as u64, incarnation));
         let mut node = Node::new(cfg.clone(), self.nodes[i].disk.clone(), rng)
             .expect("simulated node config is valid");
@@ -334,35 +328,28 @@ impl Sim {
         n.paused = false;
         n.inbox.clear();
         n.tick_at = None;
-        n.seeds = seeds.into_iter().filter(|s| *s != i).collect();
-        n.dial_backoff_ms = 500;
         n.down_at = None;
         n.first_swim_after_down = None;
         n.first_check_after_down = None;
         self.input(i, Input::Tick);
-        self.dial(i);
     }
 
-    /// One round of seed dials by node `i`'s transport, and the next one scheduled.
-    fn dial(&mut self, i: usize) {
-        let n = &self.nodes[i];
-        let Some(node) = n.node.as_ref() else { return };
-        if n.seeds.is_empty() || node.members().present_count() > 1 {
+    /// Node `i`'s transport dials `addr` (`/sim/<index>`): a connection needs both directions,
+    /// and a live agent on the other side.
+    fn dial(&mut self, i: usize, addr: &str) {
+        let Some(s) = addr
+            .strip_prefix("/sim/")
+            .and_then(|s| s.parse::<usize>().ok())
+        else {
             return;
+        };
+        if s < self.nodes.len()
+            && self.nodes[s].up()
+            && self.net.reachable(i, s)
+            && self.net.reachable(s, i)
+        {
+            self.input(i, Input::Connected { node: nid(s) });
         }
-        let incarnation = n.cfg.incarnation;
-        let seeds = n.seeds.clone();
-        for s in seeds {
-            // A connection needs both directions, and a live agent on the other side.
-            if self.nodes[s].up() && self.net.reachable(i, s) && self.net.reachable(s, i) {
-                self.input(i, Input::Connected { node: nid(s) });
-            }
-        }
-        let n = &mut self.nodes[i];
-        let backoff = n.dial_backoff_ms;
-        n.dial_backoff_ms = (backoff * 2).min(30_000);
-        let at = self.now.plus(backoff + self.net.roll(backoff / 2 + 1));
-        self.push(at, Event::Dial(i, incarnation));
     }
 
     /// Node `i` goes down (see `Crash`).
@@ -575,11 +562,6 @@ impl Sim {
                 }
                 self.push(self.now.plus(gossip::HEARTBEAT_MS), Event::MeshHeartbeat);
             }
-            Event::Dial(i, incarnation) => {
-                if self.nodes[i].cfg.incarnation == incarnation {
-                    self.dial(i);
-                }
-            }
             Event::Runtime { node, boot, op } => self.runtime_done(node, boot, op),
         }
     }
@@ -603,7 +585,6 @@ impl Sim {
             Input::Message { .. } => 2,
             Input::Api { .. } => 3,
             Input::Runtime(_) => 4,
-            Input::Peer(_) => 5,
             Input::Datagram { .. } => 6,
             Input::Connected { .. } => 7,
             Input::SyncRequest { .. } => 8,
@@ -625,13 +606,10 @@ impl Sim {
 
     /// Carries out node `i`'s outputs, in order.
     fn apply(&mut self, i: usize, out: Vec<Output>) {
+        // Dials connect after the rest of this batch is carried out, as a transport's would.
+        let mut dials = Vec::new();
         for o in out {
             match o {
-                Output::Send { to, msg } => {
-                    if let Some(to) = index_of(&to) {
-                        self.send_message(i, &[to], Arc::new(msg), None);
-                    }
-                }
                 Output::Broadcast { topic, msg } => {
                     if topic == Topic::Bids
                         && let Message::Bids(b) = &msg
@@ -738,13 +716,12 @@ impl Sim {
                         }
                     }
                 }
+                Output::Dial { addr } => dials.push(addr),
             }
         }
-    }
-
-    fn send_message(&mut self, from: usize, to: &[usize], msg: Arc<Message>, gossip: Option<u64>) {
-        let (size, hash) = measure(&*msg);
-        self.send_measured(from, to, &Carried::new(&msg, from, size, hash), gossip);
+        for addr in dials {
+            self.dial(i, &addr);
+        }
     }
 
     fn send_measured(&mut self, from: usize, to: &[usize], c: &Carried, gossip: Option<u64>) {
@@ -1031,7 +1008,7 @@ fn measure<T: serde::Serialize>(v: &T) -> (u64, u64) {
     (bytes.len() as u64, xxh3_64_with_seed(&bytes, 1))
 }
 
-fn node_config(cfg: &SimConfig, i: usize, incarnation: u64) -> NodeConfig {
+fn node_config(cfg: &SimConfig, i: usize, incarnation: u64, seeds: &[usize]) -> NodeConfig {
     NodeConfig {
         id: nid(i),
         incarnation,
@@ -1042,11 +1019,11 @@ fn node_config(cfg: &SimConfig, i: usize, incarnation: u64) -> NodeConfig {
         agent_version: "sim".into(),
         timing: cfg.timing.clone(),
         addrs: vec![format!("/sim/{i}")],
-        swim: Some(
-            cfg.swim_tuning
-                .clone()
-                .unwrap_or_else(|| cfg.swim.tuning(cfg.nodes as u32)),
-        ),
+        seeds: seeds.iter().map(|s| format!("/sim/{s}")).collect(),
+        swim: cfg
+            .swim_tuning
+            .clone()
+            .unwrap_or_else(|| cfg.swim.tuning(cfg.nodes as u32)),
         bugs: cfg.bugs,
     }
 }

@@ -165,6 +165,49 @@ fn is_digits(s: &str) -> bool {
     !s.is_empty() && s.bytes().all(|b| b.is_ascii_digit())
 }
 
+/// `Resources` arithmetic, saturating: a sum never wraps (a node that ignores its capacity on
+/// purpose counts `u64::MAX / 4`), and a difference stops at zero (what is free when more is
+/// allocated than offered is nothing, not a wrapped huge number).
+impl std::ops::Add for super::Resources {
+    type Output = super::Resources;
+
+    fn add(self, other: super::Resources) -> super::Resources {
+        super::Resources {
+            cpu_millis: self.cpu_millis.saturating_add(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_add(other.memory_bytes),
+        }
+    }
+}
+
+impl std::ops::AddAssign for super::Resources {
+    fn add_assign(&mut self, other: super::Resources) {
+        *self = *self + other;
+    }
+}
+
+impl std::ops::Sub for super::Resources {
+    type Output = super::Resources;
+
+    fn sub(self, other: super::Resources) -> super::Resources {
+        super::Resources {
+            cpu_millis: self.cpu_millis.saturating_sub(other.cpu_millis),
+            memory_bytes: self.memory_bytes.saturating_sub(other.memory_bytes),
+        }
+    }
+}
+
+impl std::ops::SubAssign for super::Resources {
+    fn sub_assign(&mut self, other: super::Resources) {
+        *self = *self - other;
+    }
+}
+
+impl std::iter::Sum for super::Resources {
+    fn sum<I: Iterator<Item = super::Resources>>(iter: I) -> super::Resources {
+        iter.fold(super::Resources::default(), |a, b| a + b)
+    }
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -297,5 +340,22 @@ mod tests {
             let err = parse_duration_ms(text).expect_err(text);
             assert!(!err.is_empty() && !err.ends_with('.'), "{text}: {err}");
         }
+    }
+
+    #[test]
+    fn resources_add_and_subtract_without_wrapping() {
+        use super::super::Resources;
+        let r = |cpu_millis, memory_bytes| Resources {
+            cpu_millis,
+            memory_bytes,
+        };
+        assert_eq!(r(1, 2) + r(3, 4), r(4, 6));
+        assert_eq!(r(u64::MAX, 1) + r(1, 1), r(u64::MAX, 2));
+        assert_eq!(r(5, 5) - r(3, 7), r(2, 0));
+        let mut a = r(1, 1);
+        a += r(2, 2);
+        a -= r(1, 5);
+        assert_eq!(a, r(2, 0));
+        assert_eq!([r(1, 2), r(3, 4)].into_iter().sum::<Resources>(), r(4, 6));
     }
 }

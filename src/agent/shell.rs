@@ -42,7 +42,6 @@ pub(super) struct Shell {
     test_faults: Option<TestFaults>,
     test_faults_allowed: bool,
     bugs: TestBugs,
-    known: Vec<NodeId>,
 }
 
 /// Largest gossip message this node publishes or accepts (gossipsub's own limit is 64 KiB).
@@ -77,7 +76,6 @@ impl Shell {
             test_faults: None,
             test_faults_allowed,
             bugs,
-            known: Vec::new(),
         }
     }
 
@@ -234,9 +232,6 @@ impl Shell {
                 Output::Addresses { node: peer, addrs } => {
                     let addrs: Vec<Multiaddr> =
                         addrs.iter().filter_map(|a| a.parse().ok()).collect();
-                    if !self.known.contains(&peer) {
-                        self.known.push(peer.clone());
-                    }
                     self.net.add_addresses(peer, addrs);
                 }
                 Output::SyncRequest { to, msg } => {

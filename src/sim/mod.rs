@@ -9,12 +9,19 @@
 //! Broadcasts travel over a simulated gossipsub mesh (`gossip`, the default) or straight to
 //! every live node (`Gossip::Direct`). It does not model the agent shell's queues, the store's
 //! group commits or libp2p's connection setup.
+//!
+//! This file holds the configuration, the simulated machines, the event queue and the loop that
+//! hands inputs to the cores. Carrying out outputs is `deliver`, faults and node lifecycle are
+//! `faults`, the invariant checks and measurement hooks are `observe`.
 
 pub mod baseline;
 pub mod bench;
+mod deliver;
+mod faults;
 pub mod gossip;
 pub mod invariants;
 pub mod net;
+mod observe;
 pub mod plot;
 pub mod runtime;
 pub mod scenario;
@@ -22,23 +29,21 @@ pub mod scenario;
 use std::collections::{BTreeMap, BTreeSet};
 use std::sync::Arc;
 
-use rand::SeedableRng;
 use rand::rngs::StdRng;
 use xxhash_rust::xxh3::xxh3_64_with_seed;
 
-use crate::ids::{InstanceKey, Millis, NodeId};
+use crate::ids::{Millis, NodeId};
 use crate::membership::{Profile, RecordShare, SwimTuning};
-use crate::node::{
-    ApiReply, ApiRequest, CoreTiming, Input, Message, Node, NodeConfig, Output, SyncMsg, TestBugs,
-    Topic,
-};
-use crate::runtime::{ExitInfo, RuntimeCommand, RuntimeEvent};
+use crate::node::{ApiReply, ApiRequest, CoreTiming, Input, Node, NodeConfig, TestBugs};
 use crate::spec::{DriverKind, Resources, ServiceName};
-use crate::state::{ClusterState, Crdt};
+use crate::state::ClusterState;
 
+use deliver::{Carried, Payload, RtOp};
+pub use faults::Crash;
 pub use gossip::Gossip;
 use invariants::Violation;
-use net::{Kind, Net, NetProfile};
+use net::{Net, NetProfile};
+use observe::thread_cpu;
 use runtime::SimRuntime;
 
 /// How a simulated fleet is built.
@@ -90,61 +95,6 @@ impl SimConfig {
     }
 }
 
-/// A mesh message as the message cache keeps it for `IWANT`s.
-#[derive(Clone, Debug)]
-struct Carried {
-    msg: Arc<Message>,
-    author: usize,
-    /// Encoded size (envelope not included) and hash, measured once at the author.
-    size: u64,
-    hash: u64,
-}
-
-impl Carried {
-    fn new(msg: &Arc<Message>, author: usize, size: u64, hash: u64) -> Carried {
-        Carried {
-            msg: msg.clone(),
-            author,
-            size,
-            hash,
-        }
-    }
-}
-
-/// What a message in flight carries.
-#[derive(Clone, Debug)]
-enum Payload {
-    Datagram(Vec<u8>),
-    /// A message, shared by its copies in flight; `gossip` is its mesh message id when it
-    /// travels over the mesh (`None`: a direct send, or a broadcast under `Gossip::Direct`).
-    Message {
-        msg: Arc<Message>,
-        gossip: Option<u64>,
-        /// The node that wrote it: the core's `from`, as the agent hands it gossipsub's
-        /// message source; a mesh relay is not the author.
-        author: usize,
-        /// Encoded size (envelope not included), measured once at the author.
-        size: u64,
-    },
-    /// Boxed, as is the response: a sync message is several times the size of the other
-    /// payloads, and every event in the queue would otherwise be as large (at 1,000 nodes the
-    /// queue holds millions of mesh deliveries while the fleet joins).
-    SyncRequest {
-        id: u64,
-        msg: Box<SyncMsg>,
-    },
-    SyncResponse(Box<SyncMsg>),
-}
-
-/// Work the simulated runtime finishes later.
-#[derive(Clone, Debug)]
-enum RtOp {
-    Start(InstanceKey),
-    Stop(InstanceKey),
-    List(DriverKind),
-    Exit(InstanceKey),
-}
-
 #[derive(Clone, Debug)]
 enum Event {
     Deliver {
@@ -161,15 +111,6 @@ enum Event {
         boot: u64,
         op: RtOp,
     },
-}
-
-/// How a node goes down.
-#[derive(Clone, Copy, Debug, PartialEq, Eq)]
-pub enum Crash {
-    /// The agent process dies; its instances keep running.
-    Agent,
-    /// The machine dies: the agent and every instance (their records stay, exited).
-    Machine,
 }
 
 /// One simulated machine: its agent (when up), its disk and its runtime.
@@ -299,100 +240,6 @@ impl Sim {
             sim.push(Millis(gossip::HEARTBEAT_MS), Event::MeshHeartbeat);
         }
         sim
-    }
-
-    /// Starts every node, `stagger_ms` apart, each joining through the seeds (nodes 0, 1, 2).
-    pub fn start_all(&mut self, stagger_ms: u64) {
-        let seeds: Vec<usize> = (0..self.nodes.len().min(3)).collect();
-        for i in 0..self.nodes.len() {
-            self.run_until(self.now.plus(if i == 0 { 0 } else { stagger_ms }));
-            self.boot(i, seeds.clone());
-        }
-    }
-
-    /// Starts (or restarts) node `i`'s agent from its disk with the next incarnation, joining
-    /// through `seeds`: the core dials them (`Output::Dial`) while it knows no peer, and a
-    /// reachable seed makes it announce.
-    pub fn boot(&mut self, i: usize, seeds: Vec<usize>) {
-        assert!(!self.nodes[i].up(), "node {i} is already up");
-        let incarnation = self.nodes[i].cfg.incarnation + 1;
-        let seeds: Vec<usize> = seeds.into_iter().filter(|s| *s != i).collect();
-        let cfg = node_config(&self.cfg, i, incarnation, &seeds);
-        let rng = StdRng::seed_from_u64(mix(self.cfg.seed, i as u64, incarnation));
-        let mut node = Node::new(cfg.clone(), self.nodes[i].disk.clone(), rng)
-            .expect("simulated node config is valid");
-        node.share_member_records(self.records.clone());
-        let n = &mut self.nodes[i];
-        n.cfg = cfg;
-        n.node = Some(node);
-        n.paused = false;
-        n.inbox.clear();
-        n.tick_at = None;
-        n.down_at = None;
-        n.first_swim_after_down = None;
-        n.first_check_after_down = None;
-        self.input(i, Input::Tick);
-    }
-
-    /// Node `i`'s transport dials `addr` (`/sim/<index>`): a connection needs both directions,
-    /// and a live agent on the other side.
-    fn dial(&mut self, i: usize, addr: &str) {
-        let Some(s) = addr
-            .strip_prefix("/sim/")
-            .and_then(|s| s.parse::<usize>().ok())
-        else {
-            return;
-        };
-        if s < self.nodes.len()
-            && self.nodes[s].up()
-            && self.net.reachable(i, s)
-            && self.net.reachable(s, i)
-        {
-            self.input(i, Input::Connected { node: nid(s) });
-        }
-    }
-
-    /// Node `i` goes down (see `Crash`).
-    pub fn crash(&mut self, i: usize, how: Crash) {
-        let n = &mut self.nodes[i];
-        n.node = None;
-        n.paused = false;
-        n.inbox.clear();
-        n.tick_at = None;
-        n.down_at = Some(self.now);
-        n.first_swim_after_down = None;
-        n.first_check_after_down = None;
-        if how == Crash::Machine {
-            n.runtime.power_off();
-        }
-        if let Some(mesh) = &mut self.mesh {
-            mesh.forget(i);
-        }
-    }
-
-    /// Restarts a crashed node with the fleet's seeds (nodes 0, 1, 2).
-    pub fn restart(&mut self, i: usize) {
-        let seeds: Vec<usize> = (0..self.nodes.len().min(3)).collect();
-        self.boot(i, seeds);
-    }
-
-    /// Node `i` stops (SIGSTOP): its inputs wait until `resume`.
-    pub fn pause(&mut self, i: usize) {
-        if self.nodes[i].up() {
-            self.nodes[i].paused = true;
-        }
-    }
-
-    pub fn resume(&mut self, i: usize) {
-        if !self.nodes[i].paused {
-            return;
-        }
-        self.nodes[i].paused = false;
-        let inbox = std::mem::take(&mut self.nodes[i].inbox);
-        for input in inbox {
-            self.input(i, input);
-        }
-        self.input(i, Input::Tick);
     }
 
     /// Sends an API request to node `i`; the reply lands in `replies[id]`.
@@ -603,409 +450,6 @@ impl Sim {
         self.apply(i, out);
         self.schedule_wake(i, wake);
     }
-
-    /// Carries out node `i`'s outputs, in order.
-    fn apply(&mut self, i: usize, out: Vec<Output>) {
-        // Dials connect after the rest of this batch is carried out, as a transport's would.
-        let mut dials = Vec::new();
-        for o in out {
-            match o {
-                Output::Broadcast { topic, msg } => {
-                    if topic == Topic::Bids
-                        && let Message::Bids(b) = &msg
-                    {
-                        self.bid_batches += 1;
-                        self.bids += b.len() as u64;
-                    }
-                    let now = self.now;
-                    let msg = Arc::new(msg);
-                    let (size, hash) = measure(&*msg);
-                    let carried = Carried::new(&msg, i, size, hash);
-                    let (to, id) = match &mut self.mesh {
-                        Some(mesh) => {
-                            let (id, to) = mesh.publish(now, i, carried.clone());
-                            (to, Some(id))
-                        }
-                        None => {
-                            let to: Vec<usize> = (0..self.nodes.len())
-                                .filter(|j| *j != i && self.nodes[*j].up())
-                                .collect();
-                            (to, None)
-                        }
-                    };
-                    self.send_measured(i, &to, &carried, id);
-                }
-                Output::Runtime(cmd) => self.runtime_command(i, cmd),
-                Output::Persist(delta) => {
-                    let node = self.nodes[i]
-                        .node
-                        .as_ref()
-                        .expect("outputs come from a live node");
-                    let entries = node.state().entries_for(&delta);
-                    self.nodes[i].disk.merge(&entries);
-                }
-                Output::Reply { id, result } => {
-                    if self.api_pending.remove(&id).is_some() {
-                        if let Ok(ApiReply::Written(w)) = &result {
-                            for r in w.iter().filter(|r| r.changed && !r.service.is_empty()) {
-                                self.acked.push((
-                                    ServiceName(r.service.as_str().into()),
-                                    r.revision.clone(),
-                                ));
-                            }
-                        }
-                        self.replies.insert(id, result);
-                    }
-                }
-                Output::Datagram { to, bytes } => {
-                    if let Some(to) = index_of(&to) {
-                        if let Some(t) = self.nodes.get_mut(to)
-                            && t.down_at.is_some()
-                            && t.first_check_after_down.is_none()
-                        {
-                            t.first_swim_after_down.get_or_insert(self.now);
-                            let check = crate::membership::classify_datagram(&bytes).is_some_and(
-                                |(l, _)| matches!(l, "ping" | "indirect-ping" | "suspected"),
-                            );
-                            if check {
-                                t.first_check_after_down = Some(self.now);
-                            }
-                        }
-                        let hash = xxh3_64_with_seed(&bytes, 6);
-                        let size = bytes.len() as u64;
-                        self.net.classify_swim(&bytes);
-                        for d in self.net.route(i, to, Kind::Swim, size) {
-                            self.deliver_after(d, i, to, Payload::Datagram(bytes.clone()), hash);
-                        }
-                    }
-                }
-                Output::Addresses { .. } => {}
-                Output::SyncRequest { to, msg } => {
-                    if let Some(to) = index_of(&to) {
-                        self.next_sync_id += 1;
-                        let id = self.next_sync_id;
-                        let (size, hash) = measure(&msg);
-                        let delays = self.net.route(i, to, Kind::Sync, size);
-                        if let Some(d) = delays.first() {
-                            self.syncs.insert(id, (i, to));
-                            self.deliver_after(
-                                *d,
-                                i,
-                                to,
-                                Payload::SyncRequest {
-                                    id,
-                                    msg: Box::new(msg),
-                                },
-                                hash,
-                            );
-                        }
-                    }
-                }
-                Output::SyncReply { id, msg } => {
-                    if let Some((requester, _)) = self.syncs.remove(&id) {
-                        let (size, hash) = measure(&msg);
-                        let delays = self.net.route(i, requester, Kind::Sync, size);
-                        if let Some(d) = delays.first() {
-                            self.deliver_after(
-                                *d,
-                                i,
-                                requester,
-                                Payload::SyncResponse(Box::new(msg)),
-                                hash,
-                            );
-                        }
-                    }
-                }
-                Output::Dial { addr } => dials.push(addr),
-            }
-        }
-        for addr in dials {
-            self.dial(i, &addr);
-        }
-    }
-
-    fn send_measured(&mut self, from: usize, to: &[usize], c: &Carried, gossip: Option<u64>) {
-        let kind = kind_of(&c.msg);
-        let wire = c.size
-            + if gossip.is_some() {
-                gossip::ENVELOPE_BYTES
-            } else {
-                0
-            };
-        for &t in to {
-            for d in self.net.route(from, t, kind, wire) {
-                let payload = Payload::Message {
-                    msg: c.msg.clone(),
-                    gossip,
-                    author: c.author,
-                    size: c.size,
-                };
-                self.deliver_after(d, from, t, payload, c.hash);
-            }
-        }
-    }
-
-    /// One `IHAVE` from `l.from` to `l.to`, the `IWANT` back for what `l.to` lacks, and those
-    /// messages, each leg subject to loss and partitions; the messages arrive after the three
-    /// one-way delays and are then handled like any mesh message.
-    fn lazy_gossip(&mut self, l: gossip::Lazy<Carried>) {
-        let ids = |k: usize| gossip::CONTROL_BYTES + gossip::ID_BYTES * k as u64;
-        let Some(&ihave) = self
-            .net
-            .route(l.from, l.to, Kind::Gossip, ids(l.offered))
-            .first()
-        else {
-            return;
-        };
-        if l.wanted.is_empty() {
-            return;
-        }
-        let iwant = ids(l.wanted.len());
-        let Some(&iwant) = self.net.route(l.to, l.from, Kind::Gossip, iwant).first() else {
-            return;
-        };
-        for (id, c) in l.wanted {
-            let kind = kind_of(&c.msg);
-            for d in self
-                .net
-                .route(l.from, l.to, kind, c.size + gossip::ENVELOPE_BYTES)
-            {
-                let payload = Payload::Message {
-                    msg: c.msg.clone(),
-                    gossip: Some(id),
-                    author: c.author,
-                    size: c.size,
-                };
-                self.deliver_after(ihave + iwant + d, l.from, l.to, payload, c.hash);
-            }
-        }
-    }
-
-    /// Mesh message `id` reaches node `at` from `from`: whether its core gets it (the first
-    /// copy to reach a live agent); that copy is forwarded at once to `at`'s other mesh peers,
-    /// unless `at` is paused.
-    fn forward(&mut self, at: usize, from: usize, id: u64, c: &Carried) -> bool {
-        let now = self.now;
-        let n = &self.nodes[at];
-        let (up, paused) = (n.up(), n.paused);
-        let Some(mesh) = self.mesh.as_mut().filter(|_| up) else {
-            return false;
-        };
-        let Some(to) = mesh.receive(now, at, from, id) else {
-            return false;
-        };
-        if !paused && !to.is_empty() {
-            self.send_measured(at, &to, c, Some(id));
-        }
-        true
-    }
-
-    fn deliver_after(&mut self, delay: u64, from: usize, to: usize, payload: Payload, hash: u64) {
-        self.push(
-            self.now.plus(delay),
-            Event::Deliver {
-                to,
-                from,
-                payload,
-                hash,
-            },
-        );
-    }
-
-    fn runtime_command(&mut self, i: usize, cmd: RuntimeCommand) {
-        let boot = self.nodes[i].runtime.boot;
-        match cmd {
-            RuntimeCommand::Start(spec) => {
-                let key = spec.key.clone();
-                // `SIM_TRACE_SLOT=web/3` prints every start of that slot with the claim seen.
-                if std::env::var_os("SIM_TRACE_SLOT")
-                    .is_some_and(|v| v.to_string_lossy() == key.slot.to_string())
-                    && let Some(n) = self.nodes[i].node.as_ref()
-                {
-                    eprintln!(
-                        "{} ms: node {i} starts {} epoch {}; its claim: {:?}; sees a majority: {}",
-                        self.now.0,
-                        key.slot,
-                        key.epoch,
-                        n.state().claims.get(&key.slot),
-                        n.members().sees_majority()
-                    );
-                }
-                let fresh = self.nodes[i].runtime.begin_start(spec);
-                let delay = if fresh {
-                    let (base, jitter) = self.cfg.start_ms;
-                    base + self.net.roll(jitter)
-                } else {
-                    1
-                };
-                self.check_safety(i);
-                self.push(
-                    self.now.plus(delay),
-                    Event::Runtime {
-                        node: i,
-                        boot,
-                        op: RtOp::Start(key),
-                    },
-                );
-            }
-            RuntimeCommand::Stop { key, .. } => {
-                let at = self.now.plus(self.cfg.stop_ms);
-                self.push(
-                    at,
-                    Event::Runtime {
-                        node: i,
-                        boot,
-                        op: RtOp::Stop(key),
-                    },
-                );
-            }
-            RuntimeCommand::List { driver } => {
-                let at = self.now.plus(1);
-                self.push(
-                    at,
-                    Event::Runtime {
-                        node: i,
-                        boot,
-                        op: RtOp::List(driver),
-                    },
-                );
-            }
-        }
-    }
-
-    fn runtime_done(&mut self, i: usize, boot: u64, op: RtOp) {
-        if self.nodes[i].runtime.boot != boot {
-            return; // the machine rebooted since: the command died with it
-        }
-        let ev = match op {
-            RtOp::Start(key) => {
-                let fail = self.cfg.start_fail_permille > 0
-                    && self.net.roll(1000) < u64::from(self.cfg.start_fail_permille);
-                let rt = &mut self.nodes[i].runtime;
-                if fail {
-                    rt.fail_start(&key);
-                    self.check_safety(i);
-                    RuntimeEvent::StartFailed {
-                        key,
-                        error: "simulated failure".into(),
-                        retryable: true,
-                    }
-                } else {
-                    let Some(inst) = rt.finish_start(&key) else {
-                        return;
-                    };
-                    let ev = RuntimeEvent::Started {
-                        key: key.clone(),
-                        revision: inst.spec.revision.clone(),
-                        handle: inst.handle.clone(),
-                        endpoint: None,
-                    };
-                    if let Some(after) = self.cfg.crash_loop.get(&key.slot.service) {
-                        let at = self.now.plus(*after);
-                        self.push(
-                            at,
-                            Event::Runtime {
-                                node: i,
-                                boot,
-                                op: RtOp::Exit(key),
-                            },
-                        );
-                    }
-                    ev
-                }
-            }
-            RtOp::Stop(key) => {
-                self.nodes[i].runtime.stop(&key);
-                RuntimeEvent::Stopped { key }
-            }
-            RtOp::List(driver) => RuntimeEvent::Listed {
-                driver,
-                instances: self.nodes[i].runtime.list(driver),
-            },
-            RtOp::Exit(key) => {
-                if !self.nodes[i].runtime.exit(&key, 1) {
-                    return;
-                }
-                RuntimeEvent::Exited {
-                    key,
-                    exit: ExitInfo {
-                        code: Some(1),
-                        signal: None,
-                        oom_killed: false,
-                    },
-                }
-            }
-        };
-        if let Ok(bytes) = postcard::to_stdvec(&ev) {
-            self.trace = xxh3_64_with_seed(&bytes, self.trace);
-        }
-        self.input(i, Input::Runtime(ev));
-    }
-
-    /// Safety invariants that a change on machine `i` could break.
-    fn check_safety(&mut self, i: usize) {
-        if !self.cfg.check_safety {
-            return;
-        }
-        let n = &self.nodes[i];
-        if let Some(v) = invariants::capacity(self.now, i, &n.runtime, n.cfg.capacity) {
-            self.violations.push(v);
-        }
-        if n.runtime.live().any(|x| x.majority()) {
-            let v = invariants::majority_once(self.now, self.nodes.iter().map(|n| &n.runtime));
-            self.violations.extend(v);
-        }
-    }
-
-    /// Liveness invariants (call after faults healed and a quiet period): exactly N per
-    /// service, identical digests on live nodes, no acknowledged write lost.
-    pub fn liveness(&self) -> Vec<Violation> {
-        let mut v = Vec::new();
-        if let Some(d) = invariants::same_digest(self.up().map(|(_, n)| n.state())) {
-            v.push(d);
-        }
-        if let Some((_, first)) = self.up().next() {
-            v.extend(invariants::exactly_n(
-                first.state(),
-                self.nodes.iter().map(|n| &n.runtime),
-            ));
-        }
-        for (i, n) in self.up() {
-            v.extend(invariants::no_write_lost(i, n.state(), &self.acked));
-        }
-        v
-    }
-
-    /// Live nodes that hold revision `revision` of `service`.
-    pub fn holding(&self, service: &ServiceName, revision: &str) -> usize {
-        self.up()
-            .filter(|(_, n)| {
-                n.state()
-                    .services
-                    .get(service)
-                    .is_some_and(|e| e.history.values().any(|r| r.id.0 == revision))
-            })
-            .count()
-    }
-
-    /// Node ids that are up, as a set.
-    pub fn up_set(&self) -> BTreeSet<usize> {
-        self.up().map(|(i, _)| i).collect()
-    }
-}
-
-/// The traffic class of a message.
-fn kind_of(msg: &Message) -> Kind {
-    match msg {
-        Message::Delta(_) => Kind::State,
-        Message::Bids(_) => Kind::Bids,
-    }
-}
-
-/// Encoded size and content hash of a wire value.
-fn measure<T: serde::Serialize>(v: &T) -> (u64, u64) {
-    let bytes = postcard::to_stdvec(v).expect("in-memory encoding cannot fail");
-    (bytes.len() as u64, xxh3_64_with_seed(&bytes, 1))
 }
 
 fn node_config(cfg: &SimConfig, i: usize, incarnation: u64, seeds: &[usize]) -> NodeConfig {
@@ -1031,22 +475,6 @@ fn node_config(cfg: &SimConfig, i: usize, incarnation: u64, seeds: &[usize]) -> 
 /// The line that replays a sweep case.
 pub fn reproduce(seed: u64, nodes: usize) -> String {
     format!("reproduce: SIM_SEED={seed} SIM_NODES={nodes} cargo test --release --test sim_sweep")
-}
-
-/// CPU time of the calling thread (`CLOCK_THREAD_CPUTIME_ID`): unlike wall time it does not
-/// count the moments the OS ran something else, which on a shared 2-core machine made the
-/// busiest node's figure swing by half from run to run.
-fn thread_cpu() -> std::time::Duration {
-    let mut ts = libc::timespec {
-        tv_sec: 0,
-        tv_nsec: 0,
-    };
-    // SAFETY: clock_gettime writes into the timespec we own; the clock exists on Linux.
-    let rc = unsafe { libc::clock_gettime(libc::CLOCK_THREAD_CPUTIME_ID, &mut ts) };
-    if rc != 0 {
-        return std::time::Duration::ZERO;
-    }
-    std::time::Duration::new(ts.tv_sec as u64, ts.tv_nsec as u32)
 }
 
 #[cfg(test)]

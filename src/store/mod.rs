@@ -311,12 +311,6 @@ impl Store {
         }
         tx.commit().map_err(|e| self.write_err(e))
     }
-
-    /// Rewrites the whole state (after compaction, or to recover from a failed write).
-    pub fn persist_all(&mut self, state: &ClusterState) -> Result<(), StoreError> {
-        self.needs_full_write = true;
-        self.persist(state, &ClusterState::default())
-    }
 }
 
 #[cfg(test)]

@@ -184,7 +184,6 @@ mod tests {
     use crate::node::CoreTiming;
     use crate::reconcile::ReconcileTiming;
     use crate::spec::ServiceName;
-    use crate::state::{Claim, Hlc, RevisionBody};
 
     fn node(n: &str) -> NodeId {
         NodeId(n.into())
@@ -193,34 +192,8 @@ mod tests {
     fn state(partition: PartitionMode, claims: &[(u32, &str, u64)]) -> ClusterState {
         let mut spec = crate::state::cluster::tests::spec("web", 2);
         spec.partition = partition;
-        let stamp = Hlc {
-            wall_ms: 1,
-            logical: 0,
-            node: node("a"),
-        };
-        let name = spec.name.clone();
-        let mut s = ClusterState::default();
-        s.put_revision(
-            &name,
-            Revision {
-                id: crate::ids::RevisionId("1.0000".into()),
-                stamp: stamp.clone(),
-                body: RevisionBody::Spec(spec),
-            },
-        );
-        for (index, n, epoch) in claims {
-            s.put_claim(
-                &SlotId::new(&name, *index),
-                Claim {
-                    epoch: *epoch,
-                    score: 1,
-                    node: node(n),
-                    released: false,
-                    revision: stamp.clone(),
-                },
-            );
-        }
-        s
+        let claims: Vec<_> = claims.iter().map(|&(i, n, e)| (i, n, e, false)).collect();
+        crate::state::cluster::tests::state_with(spec, &claims)
     }
 
     fn desired_slots(

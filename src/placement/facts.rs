@@ -151,11 +151,27 @@ pub fn count_claims(
 }
 
 #[cfg(test)]
-mod tests {
+pub(crate) mod tests {
     use super::*;
     use crate::ids::{Millis, SlotId};
     use crate::placement::Bid;
-    use crate::state::{Claim, Hlc, Revision, RevisionBody};
+
+    /// Facts of an empty process-driver node with this capacity: the fixture of the
+    /// placement tests.
+    pub(crate) fn empty(cpu: u64, mem: u64) -> NodeFacts {
+        NodeFacts {
+            labels: BTreeMap::new(),
+            capacity: Resources {
+                cpu_millis: cpu,
+                memory_bytes: mem,
+            },
+            allocated: Resources::default(),
+            runtimes: [DriverKind::Process].into(),
+            draining: false,
+            host_ports: BTreeSet::new(),
+            per_service: BTreeMap::new(),
+        }
+    }
 
     fn node(n: &str) -> NodeId {
         NodeId(n.into())
@@ -181,34 +197,8 @@ mod tests {
             host: Some(8080),
         }];
         spec.spread = Some("zone".into());
-        let stamp = Hlc {
-            wall_ms: 1,
-            logical: 0,
-            node: node("a"),
-        };
-        let mut s = ClusterState::default();
-        let name = spec.name.clone();
-        s.put_revision(
-            &name,
-            Revision {
-                id: crate::ids::RevisionId("1.0000".into()),
-                stamp: stamp.clone(),
-                body: RevisionBody::Spec(spec),
-            },
-        );
-        for (index, n, released) in claims {
-            s.put_claim(
-                &SlotId::new(&name, *index),
-                Claim {
-                    epoch: 1,
-                    score: 1,
-                    node: node(n),
-                    released: *released,
-                    revision: stamp.clone(),
-                },
-            );
-        }
-        s
+        let claims: Vec<_> = claims.iter().map(|&(i, n, r)| (i, n, 1, r)).collect();
+        crate::state::cluster::tests::state_with(spec, &claims)
     }
 
     #[test]

@@ -224,21 +224,10 @@ mod tests {
     use super::*;
     use crate::spec::{Resources, ServiceName};
     use proptest::prelude::*;
-    use std::collections::{BTreeMap, BTreeSet};
+    use std::collections::BTreeMap;
 
     fn facts(cpu: u64, mem: u64) -> NodeFacts {
-        NodeFacts {
-            labels: BTreeMap::new(),
-            capacity: Resources {
-                cpu_millis: cpu,
-                memory_bytes: mem,
-            },
-            allocated: Resources::default(),
-            runtimes: [DriverKind::Process].into(),
-            draining: false,
-            host_ports: BTreeSet::new(),
-            per_service: BTreeMap::new(),
-        }
+        super::facts::tests::empty(cpu, mem)
     }
 
     fn web() -> ServiceSpec {

@@ -90,8 +90,7 @@ pub fn open_slots(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::ServiceName;
-    use crate::state::{Claim, Hlc, Revision, RevisionBody};
+    use crate::state::Hlc;
 
     struct Open;
     impl Gate for Open {
@@ -119,34 +118,11 @@ mod tests {
 
     /// `web` with 4 replicas and claims `(index, node, released)` at epoch 1.
     fn state(claims: &[(u32, &str, bool)]) -> ClusterState {
-        let stamp = Hlc {
-            wall_ms: 1,
-            logical: 0,
-            node: node("a"),
-        };
-        let mut s = ClusterState::default();
-        let web = ServiceName("web".into());
-        s.put_revision(
-            &web,
-            Revision {
-                id: crate::ids::RevisionId("1.0000".into()),
-                stamp: stamp.clone(),
-                body: RevisionBody::Spec(crate::state::cluster::tests::spec("web", 4)),
-            },
-        );
-        for (index, n, released) in claims {
-            s.put_claim(
-                &SlotId::new(&web, *index),
-                Claim {
-                    epoch: 1,
-                    score: 1,
-                    node: node(n),
-                    released: *released,
-                    revision: stamp.clone(),
-                },
-            );
-        }
-        s
+        let claims: Vec<_> = claims.iter().map(|&(i, n, r)| (i, n, 1, r)).collect();
+        crate::state::cluster::tests::state_with(
+            crate::state::cluster::tests::spec("web", 4),
+            &claims,
+        )
     }
 
     fn indexes(open: &[(SlotId, u64)]) -> Vec<(u32, u64)> {

@@ -188,22 +188,11 @@ fn plan_with(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use crate::spec::{DriverKind, Resources};
+    use crate::spec::Resources;
     use proptest::prelude::*;
 
     fn facts(cpu: u64, mem: u64) -> NodeFacts {
-        NodeFacts {
-            labels: BTreeMap::new(),
-            capacity: Resources {
-                cpu_millis: cpu,
-                memory_bytes: mem,
-            },
-            allocated: Resources::default(),
-            runtimes: [DriverKind::Process].into(),
-            draining: false,
-            host_ports: BTreeSet::new(),
-            per_service: BTreeMap::new(),
-        }
+        crate::placement::facts::tests::empty(cpu, mem)
     }
 
     fn web() -> ServiceSpec {

@@ -26,6 +26,39 @@ pub fn spec(name: &str, replicas: u32) -> ServiceSpec {
     }
 }
 
+/// A state holding `spec` at one revision (written by node `a` at 1 ms) and one claim per
+/// `(index, node, epoch, released)`, at that revision: the fixture of the core's unit tests.
+pub fn state_with(spec: ServiceSpec, claims: &[(u32, &str, u64, bool)]) -> ClusterState {
+    let stamp = Hlc {
+        wall_ms: 1,
+        logical: 0,
+        node: NodeId("a".into()),
+    };
+    let name = spec.name.clone();
+    let mut s = ClusterState::default();
+    s.put_revision(
+        &name,
+        Revision {
+            id: RevisionId("1.0000".into()),
+            stamp: stamp.clone(),
+            body: RevisionBody::Spec(spec),
+        },
+    );
+    for (index, n, epoch, released) in claims {
+        s.put_claim(
+            &SlotId::new(&name, *index),
+            Claim {
+                epoch: *epoch,
+                score: 1,
+                node: NodeId((*n).into()),
+                released: *released,
+                revision: stamp.clone(),
+            },
+        );
+    }
+    s
+}
+
 fn node(i: u8) -> NodeId {
     NodeId(format!("n{i}").into())
 }

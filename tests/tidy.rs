@@ -49,7 +49,7 @@ const SHELL: &[&str] = &[
 ];
 
 /// Where bollard may be named: the docker driver, as one file or as a folder.
-const BOLLARD_HOME: &[&str] = &["src/runtime/docker.rs", "src/runtime/docker/"];
+const BOLLARD_HOME: &[&str] = &["src/runtime/docker/"];
 
 /// Where bollard must not be named. `tests/` may: its docker tests build images and plant
 /// foreign containers with bollard directly, as an outside party would.

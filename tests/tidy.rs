@@ -48,7 +48,7 @@ const SHELL: &[&str] = &[
     "crate::runtime::lease",
 ];
 
-/// Where bollard may be named: the docker driver, as one file or as a folder.
+/// Where bollard may be named: the docker driver's folder.
 const BOLLARD_HOME: &[&str] = &["src/runtime/docker/"];
 
 /// Where bollard must not be named. `tests/` may: its docker tests build images and plant

@@ -213,7 +213,16 @@ impl<R: Rng> Node<R> {
         let mut due: Vec<(SlotId, u64)> = self
             .auction
             .due(&open, now, rebid)
-            .filter(|(slot, _)| self.reconciler.excluded(slot, now).is_none())
+            .filter(|(slot, _)| {
+                let current = self
+                    .state
+                    .services
+                    .get(&slot.service)
+                    .and_then(|e| e.current());
+                self.reconciler
+                    .excluded(slot, now, current.map(|r| &r.stamp))
+                    .is_none()
+            })
             .map(|(slot, epoch)| (slot.clone(), epoch))
             .collect();
         let plan = if due.is_empty() {

@@ -492,6 +492,52 @@ fn a_crash_loop_releases_the_slot_and_the_node_stays_out_of_it() {
 }
 
 #[test]
+fn a_new_revision_ends_the_crash_loop_hold_at_once() {
+    let mut n = ready("a");
+    let mut s = web(1);
+    s.restart.max_restarts = 2;
+    api(
+        &mut n,
+        0,
+        ApiRequest::Deploy {
+            specs: vec![s.clone()],
+        },
+    );
+    let mut now = 1;
+    for _ in 0..3 {
+        started(&mut n, now, key("web", 0, 1));
+        exited(&mut n, now + 1, key("web", 0, 1), 1);
+        now += 10_000;
+        input(&mut n, now, Input::Tick);
+    }
+    assert!(n.state().claims[&slot("web", 0)].released);
+    // The crashed instance is removed (the stop the release asked for has finished).
+    input(
+        &mut n,
+        now,
+        Input::Runtime(RuntimeEvent::Stopped {
+            key: key("web", 0, 1),
+        }),
+    );
+    // Held out: ticks well past the bid window start nothing.
+    for _ in 0..5 {
+        now += 1_000;
+        assert!(starts(&input(&mut n, now, Input::Tick)).is_empty());
+    }
+    // The fix is deployed: the hold ends with the revision that crashed, so the slot is bid
+    // for, claimed at the next epoch and started without waiting out the exclusion.
+    s.env.insert("FIXED".into(), "1".into());
+    let mut started_again = starts(&api(&mut n, now, ApiRequest::Deploy { specs: vec![s] }));
+    for _ in 0..10 {
+        now += 500;
+        started_again.extend(starts(&input(&mut n, now, Input::Tick)));
+    }
+    assert_eq!(started_again, vec![key("web", 0, 2)]);
+    let c = &n.state().claims[&slot("web", 0)];
+    assert!(!c.released && c.epoch == 2, "{c:?}");
+}
+
+#[test]
 fn restart_policy_never_leaves_a_failed_instance_failed() {
     let mut n = ready("a");
     let mut s = web(1);

@@ -30,7 +30,14 @@ impl<R: Rng> Node<R> {
                 .skip(1)
                 .map(|c| (c.node, c.facts)),
         );
-        if let Some(until) = self.reconciler.excluded(slot, now)
+        let current = self
+            .state
+            .services
+            .get(&slot.service)
+            .and_then(|e| e.current());
+        if let Some(until) = self
+            .reconciler
+            .excluded(slot, now, current.map(|r| &r.stamp))
             && candidates.len() == 1
         {
             return format!(

@@ -150,6 +150,14 @@ pub enum Effect {
 /// Identity used to build instance specs: the runtime's own (one definition, in `runtime/`).
 pub use crate::runtime::Owner;
 
+/// A crash-loop hold: this node stays out of a slot until `until`, for as long as its service's
+/// current revision is the one whose instance kept crashing here.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Exclusion {
+    pub until: Millis,
+    pub revision: Hlc,
+}
+
 /// The reconciler of one node.
 #[derive(Clone, Debug)]
 pub struct Reconciler {
@@ -158,7 +166,7 @@ pub struct Reconciler {
     /// Drivers that have answered a listing since start.
     listed: BTreeSet<DriverKind>,
     /// Slots this node gave up after a crash loop, and until when it stays out.
-    pub exclusions: BTreeMap<SlotId, Millis>,
+    pub exclusions: BTreeMap<SlotId, Exclusion>,
     /// Set when anything reportable changed.
     pub dirty: bool,
 }
@@ -178,11 +186,14 @@ impl Reconciler {
         self.listed.contains(&driver)
     }
 
-    pub fn excluded(&self, slot: &SlotId, now: Millis) -> Option<Millis> {
+    /// Until when this node stays out of `slot` after a crash loop, while the service's current
+    /// revision is still the one that crashed (`current`, its stamp): a new revision, a
+    /// rollback or a removal ends the hold at once, since the fix may be in it.
+    pub fn excluded(&self, slot: &SlotId, now: Millis, current: Option<&Hlc>) -> Option<Millis> {
         self.exclusions
             .get(slot)
-            .copied()
-            .filter(|until| *until > now)
+            .filter(|e| e.until > now && Some(&e.revision) == current)
+            .map(|e| e.until)
     }
 
     /// Folds a runtime event in.
@@ -398,7 +409,7 @@ impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     fn exited(
         timing: &ReconcileTiming,
-        exclusions: &mut BTreeMap<SlotId, Millis>,
+        exclusions: &mut BTreeMap<SlotId, Exclusion>,
         now: Millis,
         l: &mut Local,
         exit: ExitInfo,
@@ -452,7 +463,7 @@ impl Reconciler {
     #[allow(clippy::too_many_arguments)]
     fn failed(
         timing: &ReconcileTiming,
-        exclusions: &mut BTreeMap<SlotId, Millis>,
+        exclusions: &mut BTreeMap<SlotId, Exclusion>,
         now: Millis,
         l: &mut Local,
         exit: Option<ExitInfo>,
@@ -499,7 +510,13 @@ impl Reconciler {
                 restart_at: None,
                 reason: why,
             };
-            exclusions.insert(l.key.slot.clone(), now.plus(timing.crash_exclusion_ms));
+            exclusions.insert(
+                l.key.slot.clone(),
+                Exclusion {
+                    until: now.plus(timing.crash_exclusion_ms),
+                    revision: d.revision.stamp.clone(),
+                },
+            );
             out.push(Effect::Release(l.key.slot.clone()));
             return;
         }
@@ -521,7 +538,7 @@ impl Reconciler {
         desired: &BTreeMap<SlotId, Desired<'_>>,
         out: &mut Vec<Effect>,
     ) {
-        self.exclusions.retain(|_, until| *until > now);
+        self.exclusions.retain(|_, e| e.until > now);
         // 1. Stop what is not desired (reclaim, scale down, moved on) or runs an old revision.
         let keys: Vec<InstanceKey> = self.instances.keys().cloned().collect();
         for key in keys {
